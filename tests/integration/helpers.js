@@ -1,0 +1,578 @@
+// Shared plumbing for the integration tests: start boomerang-primary on an
+// ephemeral loopback port, talk gRPC to it with @grpc/grpc-js, and clean up
+// whatever was started, by PID.
+//
+// Rules the suite follows (DESIGN.md, STYLE.md):
+//  - no fixed sleeps: every wait is waitFor(cond) with a deadline, polling with
+//    a small backoff;
+//  - every process started here is stopped by its PID (SIGTERM, then SIGKILL
+//    after a deadline), in an after hook and, as a last resort, on exit;
+//  - u64/i64 values travel as decimal strings (proto-loader longs: String) and
+//    are compared as BigInt, so txids and int64 extremes stay exact.
+//
+// Environment:
+//   BOOMERANG_BIN           directory holding boomerang-primary (required by `make itest`;
+//                           without it a checkout with no build skips the tests)
+//   BOOMERANG_SEED          replay a randomized test (the seed is printed as a diagnostic)
+//   BOOMERANG_CRASH_ROUNDS  kill -9 rounds in primary_crash (default 10)
+//   BOOMERANG_GC_TX         transactions per client in primary_group_commit (default 200)
+//   BOOMERANG_GC_BUDGET_MS  time budget of that load (default 150000)
+//   BOOMERANG_KEEP_TMP=1    keep the temp directories (databases, logs, certs) for a post-mortem
+
+import { spawn, execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { test } from 'node:test';
+
+import grpc from '@grpc/grpc-js';
+import protoLoader from '@grpc/proto-loader';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const REPO = path.resolve(here, '..', '..');
+export const PROTO = path.join(REPO, 'proto', 'boomerang.proto');
+export const { status: Code, Metadata } = grpc;
+export { grpc };
+
+// ---------------------------------------------------------------- binaries
+
+/** Absolute path of a boomerang binary, from $BOOMERANG_BIN (else <repo>/bin). */
+export function binPath(name = 'boomerang-primary') {
+    const dir = process.env.BOOMERANG_BIN || path.join(REPO, 'bin');
+    return path.join(path.resolve(dir), name);
+}
+
+/** True when the binary exists and is executable. */
+export function haveBinary(name = 'boomerang-primary') {
+    try {
+        fs.accessSync(binPath(name), fs.constants.X_OK);
+        return true;
+    } catch {
+        return false;
+    }
+}
+
+/**
+ * True when the tests should be skipped for want of a binary: only when
+ * $BOOMERANG_BIN is unset (a checkout without a build). With it set, as
+ * `make itest` runs, a missing binary fails in startPrimary instead.
+ */
+export function skipNoBinary() {
+    return !process.env.BOOMERANG_BIN && !haveBinary();
+}
+
+/** A fresh temporary directory under os.tmpdir(), removed when the process ends. */
+export function makeTmpDir(prefix = 'boomerang-itest-') {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+    tmpDirs.push(dir);
+    return dir;
+}
+
+const tmpDirs = [];
+
+// ---------------------------------------------------------------- waiting
+
+/**
+ * Poll cond() until it returns a truthy value, and return that value.
+ * Polls with an exponential backoff (2 ms doubling up to 50 ms) and fails after
+ * timeoutMs with `what` and the last error cond() threw. An error with
+ * `.fatal = true` thrown by cond() stops the wait at once.
+ */
+export async function waitFor(cond, { timeoutMs = 5000, what = 'condition' } = {}) {
+    const deadline = Date.now() + timeoutMs;
+    let backoffMs = 2;
+    let lastErr = null;
+    for (;;) {
+        try {
+            const v = await cond();
+            if (v) return v;
+        } catch (e) {
+            if (e && e.fatal) throw e;
+            lastErr = e;
+        }
+        if (Date.now() >= deadline) {
+            const why = lastErr ? `; last error: ${lastErr.message || lastErr}` : '';
+            throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${why}`);
+        }
+        await pause(backoffMs); // poll backoff, not a fixed sleep
+        backoffMs = Math.min(backoffMs * 2, 50);
+    }
+}
+
+/** Resolve after ms; only for backoff between polls and for deliberate random delays. */
+export function pause(ms) {
+    return new Promise((resolve) => setTimeout(resolve, ms)); // backoff / delay primitive
+}
+
+/** Reject with a timeout error unless p settles within ms. */
+export function withDeadline(p, ms, what = 'operation') {
+    let timer;
+    const guard = new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms); // deadline, not a delay
+    });
+    return Promise.race([p, guard]).finally(() => clearTimeout(timer));
+}
+
+function fatal(msg) {
+    const e = new Error(msg);
+    e.fatal = true;
+    return e;
+}
+
+// ---------------------------------------------------------------- processes
+
+const live = new Set(); // every child still running, for the exit-time safety net
+const allStarted = []; // every child ever started, for the sanitizer scan in stopAll()
+let testProcs = null; // processes started during the current itest(), for diagnostics
+
+/**
+ * Start boomerang-primary. Options:
+ *   dir   directory for the database (default: a fresh temp dir)
+ *   db    database path (default: dir/test.db); reuse it to restart on the same db
+ *   args  extra command-line flags
+ *   env   extra environment variables
+ *   viaEnv  pass --db and --listen through BOOMERANG_DB and BOOMERANG_LISTEN
+ *   timeoutMs  how long to wait for the "listening on" line
+ * Resolves to a handle: { pid, port, addr, dir, db, stderr(), tail(), stop(), kill9(), exited }.
+ */
+export async function startPrimary({ dir, db, args = [], env = {}, viaEnv = false, timeoutMs = 15000 } = {}) {
+    if (!dir) dir = db ? path.dirname(db) : makeTmpDir();
+    if (!db) db = path.join(dir, 'test.db');
+    // viaEnv: give --db and --listen as BOOMERANG_DB / BOOMERANG_LISTEN instead.
+    const argv = viaEnv ? [...args] : ['--db', db, '--listen', '127.0.0.1:0', ...args];
+    if (viaEnv) env = { BOOMERANG_DB: db, BOOMERANG_LISTEN: '127.0.0.1:0', ...env };
+    const childEnv = {};
+    for (const [k, v] of Object.entries(process.env)) {
+        if (!k.startsWith('BOOMERANG_')) childEnv[k] = v; // flags come only from the test
+    }
+    Object.assign(childEnv, env);
+    const proc = spawn(binPath('boomerang-primary'), argv, {
+        env: childEnv,
+        stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const h = new ProcHandle(proc, 'boomerang-primary', argv);
+    h.dir = dir;
+    h.db = db;
+    const m = await waitFor(
+        () => {
+            const found = /listening on 127\.0\.0\.1:(\d+)/.exec(h.stderr());
+            if (found) return found;
+            if (h.exitStatus) {
+                throw fatal(`primary exited before listening (${fmtExit(h.exitStatus)})\n${h.tail()}`);
+            }
+            return null;
+        },
+        { timeoutMs, what: '"listening on" from boomerang-primary' },
+    ).catch(async (e) => {
+        await h.kill9();
+        e.message += `\n--- stderr ---\n${h.tail()}`;
+        throw e;
+    });
+    h.port = Number(m[1]);
+    h.addr = `127.0.0.1:${h.port}`;
+    return h;
+}
+
+/** Spawn any process with captured output and PID-based cleanup (used for helpers like python). */
+export function spawnTracked(cmd, argv, opts = {}) {
+    const proc = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], ...opts });
+    return new ProcHandle(proc, path.basename(cmd), argv);
+}
+
+class ProcHandle {
+    constructor(proc, name, argv) {
+        this.proc = proc;
+        this.pid = proc.pid;
+        this.name = name;
+        this.argv = argv;
+        this.out = [];
+        this.err = [];
+        this.exitStatus = null;
+        this.exited = new Promise((resolve) => {
+            proc.on('exit', (code, signal) => {
+                this.exitStatus = { code, signal };
+                live.delete(this);
+                resolve(this.exitStatus);
+            });
+            proc.on('error', (e) => {
+                this.err.push(Buffer.from(`spawn error: ${e.message}\n`));
+                this.exitStatus = { code: -1, signal: null, error: e };
+                live.delete(this);
+                resolve(this.exitStatus);
+            });
+        });
+        proc.stdout.on('data', (d) => this.out.push(d));
+        proc.stderr.on('data', (d) => this.err.push(d));
+        live.add(this);
+        allStarted.push(this);
+        if (testProcs) testProcs.push(this);
+    }
+
+    stdout() {
+        return Buffer.concat(this.out).toString('utf8');
+    }
+
+    stderr() {
+        return Buffer.concat(this.err).toString('utf8');
+    }
+
+    /** The last lines of stderr, for failure messages. */
+    tail(lines = 40) {
+        const all = this.stderr().split('\n');
+        return all.slice(-lines).join('\n');
+    }
+
+    /** Send a signal to this PID, ignoring "already gone". */
+    signal(sig) {
+        if (this.exitStatus) return;
+        this.signalled = true;
+        try {
+            process.kill(this.pid, sig);
+        } catch (e) {
+            if (e.code !== 'ESRCH') throw e;
+        }
+    }
+
+    /** SIGTERM, then SIGKILL if it has not exited within graceMs. Resolves to {code, signal}. */
+    async stop(graceMs = 10000) {
+        if (this.exitStatus) return this.exitStatus;
+        this.signal('SIGTERM');
+        try {
+            await withDeadline(this.exited, graceMs, `${this.name} pid ${this.pid} SIGTERM`);
+        } catch {
+            this.killedHard = true;
+            this.signal('SIGKILL');
+            await this.exited;
+        }
+        return this.exitStatus;
+    }
+
+    /** SIGKILL at once and wait for the exit. */
+    async kill9() {
+        this.signal('SIGKILL');
+        return this.exited;
+    }
+}
+
+function fmtExit(s) {
+    if (!s) return 'running';
+    return s.signal ? `signal ${s.signal}` : `exit code ${s.code}`;
+}
+export { fmtExit };
+
+/** A sanitizer report or crash marker in a process's stderr, or null. */
+export function sanitizerReport(h) {
+    const text = h.stderr();
+    const m = /(ERROR: (Address|Leak|Thread|Memory)Sanitizer|runtime error:|AddressSanitizer:DEADLYSIGNAL)/.exec(text);
+    return m ? text.slice(Math.max(0, m.index - 200), m.index + 4000) : null;
+}
+
+/**
+ * Stop every process this file started (SIGTERM then SIGKILL), by PID.
+ * Throws if a primary needed SIGKILL, exited non-zero on SIGTERM, exited without
+ * being told to (a crash), or printed a sanitizer report.
+ */
+export async function stopAll() {
+    const problems = [];
+    for (const h of [...live]) {
+        const st = await h.stop();
+        if (h.name !== 'boomerang-primary') continue;
+        if (h.killedHard) problems.push(`${h.name} pid ${h.pid} ignored SIGTERM\n${h.tail()}`);
+        else if (st.code !== 0) problems.push(`${h.name} pid ${h.pid}: ${fmtExit(st)} on SIGTERM\n${h.tail()}`);
+    }
+    for (const h of allStarted) {
+        if (h.name === 'boomerang-primary' && h.exitStatus && !h.signalled) {
+            problems.push(`${h.name} pid ${h.pid} exited on its own: ${fmtExit(h.exitStatus)}\n${h.tail()}`);
+        }
+        const rep = sanitizerReport(h);
+        if (rep) problems.push(`${h.name} pid ${h.pid} sanitizer report:\n${rep}`);
+    }
+    if (problems.length) throw new Error(problems.join('\n\n'));
+}
+
+// Last-resort cleanup: SIGKILL by PID whatever is still running, and remove temp dirs.
+process.on('exit', () => {
+    for (const h of live) {
+        try {
+            process.kill(h.pid, 'SIGKILL');
+        } catch {
+            /* already gone */
+        }
+    }
+    if (!process.env.BOOMERANG_KEEP_TMP) {
+        for (const d of tmpDirs) fs.rmSync(d, { recursive: true, force: true });
+    }
+});
+
+/**
+ * node:test's test() plus diagnostics: on failure, the stderr tail of every
+ * process started during the test is appended to the error message.
+ * Every test gets a timeout (opts.timeout, default 60 s).
+ */
+export function itest(name, opts, fn) {
+    if (typeof opts === 'function') {
+        fn = opts;
+        opts = {};
+    }
+    const o = { timeout: 60000, ...opts };
+    if (skipNoBinary()) o.skip = `no ${binPath()} (set BOOMERANG_BIN)`;
+    return test(name, o, async (t) => {
+        const mine = [];
+        testProcs = mine;
+        try {
+            await fn(t);
+        } catch (e) {
+            // Processes this test started, plus the file's shared ones still running.
+            const procs = [...new Set([...mine, ...[...live].filter((h) => h.name === 'boomerang-primary')])];
+            const diag = procs
+                .map((h) => `--- ${h.name} pid ${h.pid} (${fmtExit(h.exitStatus)}) stderr tail ---\n${h.tail()}`)
+                .join('\n');
+            if (diag && e && typeof e === 'object') {
+                try {
+                    e.message = `${e.message}\n${diag}`;
+                } catch {
+                    t.diagnostic(diag);
+                }
+            }
+            throw e;
+        } finally {
+            testProcs = null;
+        }
+    });
+}
+
+// ---------------------------------------------------------------- gRPC client
+
+let pkgCache = null;
+
+/** The loaded boomerang.v1 package (proto-loader: keepCase, longs as String, oneofs). */
+export function protoPackage() {
+    if (!pkgCache) {
+        const def = protoLoader.loadSync(PROTO, {
+            keepCase: true,
+            longs: String,
+            enums: String,
+            defaults: true,
+            oneofs: true,
+        });
+        pkgCache = grpc.loadPackageDefinition(def).boomerang.v1;
+    }
+    return pkgCache;
+}
+
+/**
+ * A Primary client with promise methods.
+ *   addr     "127.0.0.1:PORT"
+ *   creds    channel credentials (default insecure, i.e. h2c)
+ *   token    bearer token sent as `authorization: Bearer <token>` on every call
+ *   separate own TCP connection (grpc.use_local_subchannel_pool), not shared with other clients
+ *   options  extra channel options
+ */
+export function makeClient(addr, { creds, token, separate = true, options = {} } = {}) {
+    const { Primary } = protoPackage();
+    const chanOpts = {
+        'grpc.max_receive_message_length': 64 * 1024 * 1024,
+        'grpc.max_send_message_length': 64 * 1024 * 1024,
+        ...(separate ? { 'grpc.use_local_subchannel_pool': 1 } : {}),
+        ...options,
+    };
+    const raw = new Primary(addr, creds || grpc.credentials.createInsecure(), chanOpts);
+    return new PrimaryClient(raw, token);
+}
+
+class PrimaryClient {
+    constructor(raw, token) {
+        this.raw = raw;
+        this.token = token;
+    }
+
+    metadata(extra) {
+        const md = new Metadata();
+        if (this.token !== undefined) md.set('authorization', `Bearer ${this.token}`);
+        for (const [k, v] of Object.entries(extra || {})) md.set(k, v);
+        return md;
+    }
+
+    call(method, req, { deadlineMs = 15000, metadata } = {}) {
+        return new Promise((resolve, reject) => {
+            this.raw[method](
+                req,
+                this.metadata(metadata),
+                { deadline: Date.now() + deadlineMs },
+                (err, res) => (err ? reject(err) : resolve(res)),
+            );
+        });
+    }
+
+    /** Execute(req). req.statements may hold plain SQL strings or stmt() objects. */
+    execute(req, opts) {
+        const r = { ...req };
+        if (r.statements) r.statements = r.statements.map((s) => (typeof s === 'string' ? { sql: s } : s));
+        return this.call('Execute', r, opts);
+    }
+
+    status(req = {}, opts) {
+        return this.call('Status', req, opts);
+    }
+
+    /** Send raw bytes as the Execute request (for malformed-input tests). Resolves to the raw reply. */
+    rawExecute(bytes, { deadlineMs = 10000 } = {}) {
+        return new Promise((resolve, reject) => {
+            this.raw.makeUnaryRequest(
+                '/boomerang.v1.Primary/Execute',
+                (b) => b,
+                (b) => b,
+                bytes,
+                this.metadata(),
+                { deadline: Date.now() + deadlineMs },
+                (err, res) => (err ? reject(err) : resolve(res)),
+            );
+        });
+    }
+
+    /** Resolve when the channel is READY, or reject after ms. */
+    ready(ms = 5000) {
+        return new Promise((resolve, reject) => {
+            this.raw.waitForReady(Date.now() + ms, (err) => (err ? reject(err) : resolve()));
+        });
+    }
+
+    close() {
+        this.raw.close();
+    }
+}
+
+// ---------------------------------------------------------------- values
+
+/** Builders for boomerang.v1.Value. Integers may be given as BigInt, number or decimal string. */
+export const V = {
+    null: () => ({ null: true }),
+    int: (x) => ({ integer: String(x) }),
+    real: (x) => ({ real: x }),
+    text: (s) => ({ text: s }),
+    blob: (b) => ({ blob: Buffer.from(b) }),
+};
+
+/** Convert a JS value to a Value: bigint -> integer, number -> real (integer-valued -> integer). */
+export function toValue(x) {
+    if (x === null || x === undefined) return V.null();
+    if (typeof x === 'bigint') return V.int(x);
+    if (typeof x === 'number') return Number.isInteger(x) && !Object.is(x, -0) ? V.int(x) : V.real(x);
+    if (typeof x === 'string') return V.text(x);
+    if (Buffer.isBuffer(x) || x instanceof Uint8Array) return V.blob(x);
+    if (typeof x === 'boolean') return V.int(x ? 1 : 0);
+    throw new Error(`no Value for ${typeof x}`);
+}
+
+/** Convert a received Value to JS: integer -> BigInt, real -> number, text, blob -> Buffer, NULL -> null. */
+export function fromValue(v) {
+    if (!v || !v.kind || v.kind === 'null') return null;
+    switch (v.kind) {
+        case 'integer':
+            return BigInt(v.integer);
+        case 'real':
+            return v.real;
+        case 'text':
+            return v.text;
+        case 'blob':
+            return Buffer.from(v.blob);
+        default:
+            throw new Error(`unknown Value kind ${v.kind}`);
+    }
+}
+
+/** A Statement: sql with positional args (JS values or Value objects) and named args {name: value}. */
+export function stmt(sql, args = [], named = null) {
+    const asValue = (x) => (x && typeof x === 'object' && !Buffer.isBuffer(x) && !(x instanceof Uint8Array) ? x : toValue(x));
+    const s = { sql, args: args.map(asValue) };
+    if (named) s.named_args = Object.entries(named).map(([name, value]) => ({ name, value: asValue(value) }));
+    return s;
+}
+
+/** Rows of a StatementResult as arrays of JS values. */
+export function rowsOf(result) {
+    return result.rows.map((r) => r.values.map(fromValue));
+}
+
+/** The single value of a one-row, one-column result. */
+export function scalar(result) {
+    const rows = rowsOf(result);
+    if (rows.length !== 1 || rows[0].length !== 1) {
+        throw new Error(`expected one row of one column, got ${JSON.stringify(rows, jsonReplacer)}`);
+    }
+    return rows[0][0];
+}
+
+/** Throw with the statement error if any result failed; return the results. */
+export function okResults(res) {
+    res.results.forEach((r, i) => {
+        if (r.error) throw new Error(`statement ${i} failed: ${r.error.code} ${r.error.message}`);
+    });
+    return res.results;
+}
+
+/** Execute one AUTOCOMMIT statement and return its result, throwing on a statement error. */
+export async function exec1(client, sql, args = [], opts) {
+    const res = await client.execute({ statements: [stmt(sql, args)] }, opts);
+    return okResults(res)[0];
+}
+
+/** Expect a promise to fail with the given gRPC status code(s). Returns the error. */
+export async function expectCode(p, codes, what = 'call') {
+    const want = Array.isArray(codes) ? codes : [codes];
+    let err = null;
+    try {
+        const res = await p;
+        err = new Error(`${what}: expected gRPC status ${want.map(codeName).join(' or ')}, got OK: ${JSON.stringify(res, jsonReplacer).slice(0, 500)}`);
+        err.unexpectedOk = true;
+    } catch (e) {
+        if (!want.includes(e.code)) {
+            throw new Error(`${what}: expected gRPC status ${want.map(codeName).join(' or ')}, got ${codeName(e.code)}: ${e.details || e.message}`);
+        }
+        return e;
+    }
+    throw err;
+}
+
+export function codeName(c) {
+    const n = Object.entries(Code).find(([, v]) => v === c);
+    return n ? `${n[0]}(${c})` : String(c);
+}
+
+/** JSON.stringify replacer that prints BigInt and Buffers readably. */
+export function jsonReplacer(_k, v) {
+    if (typeof v === 'bigint') return `${v}n`;
+    if (v && v.type === 'Buffer' && Array.isArray(v.data)) {
+        return v.data.length > 32 ? `<blob ${v.data.length} bytes>` : `<blob ${Buffer.from(v.data).toString('hex')}>`;
+    }
+    return v;
+}
+
+// ---------------------------------------------------------------- misc
+
+/** Run a command synchronously (openssl, python), throwing with its output on failure. */
+export function run(cmd, argv, opts = {}) {
+    try {
+        return execFileSync(cmd, argv, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 60000, ...opts });
+    } catch (e) {
+        throw new Error(`${cmd} ${argv.join(' ')} failed: ${e.message}\n${e.stdout || ''}\n${e.stderr || ''}`);
+    }
+}
+
+/** Deterministic pseudo-random generator (mulberry32) so failures can be replayed from a seed. */
+export function rng(seed) {
+    let a = seed >>> 0;
+    return () => {
+        a = (a + 0x6d2b79f5) >>> 0;
+        let t = a;
+        t = Math.imul(t ^ (t >>> 15), t | 1);
+        t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+        return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    };
+}
+
+/** The seed for randomized tests: $BOOMERANG_SEED or the clock, always printed by the caller. */
+export function testSeed() {
+    return process.env.BOOMERANG_SEED ? Number(process.env.BOOMERANG_SEED) : Date.now() % 1000000007;
+}
