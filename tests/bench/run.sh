@@ -29,7 +29,10 @@ for b in "$primary" "$bench"; do
     fi
 done
 
-dir=$(mktemp -d "${TMPDIR:-/tmp}/boomerang-bench.XXXXXX")
+# On the working disk (the repo's build directory), not a tmpfs: fsync is the point.
+build=${BENCH_BUILD:-build}
+mkdir -p "$root/$build"
+dir=$(mktemp -d "$root/$build/bench.XXXXXX")
 pid=""
 failed=0
 
@@ -131,5 +134,21 @@ if [ -n "$on" ] && [ -n "$off" ] && [ "$off" != "-" ] && [ "$on" != "-" ]; then
     echo
     awk -v on="$on" -v off="$off" -v n="$last" \
         'BEGIN { if (off > 0) printf "batched/unbatched throughput at %d clients: %.2fx\n", n, on / off }'
+fi
+
+# Capture cost: the same single-row commits with and without capture.
+capture_bench=$root/$build/bench/bench_capture
+if [ -x "$capture_bench" ]; then
+    echo
+    echo "capture + log cost per commit (median of 5 alternating rounds, synchronous=FULL):"
+    echo
+    echo "| directory | commits | SQLite commit alone µs | with capture µs | capture µs |"
+    echo "|---|---:|---:|---:|---:|"
+    timeout 300 "$capture_bench" "$dir" 3000 || failed=1
+    if [ -d /dev/shm ]; then
+        shm=$(mktemp -d /dev/shm/boomerang-bench.XXXXXX)
+        timeout 300 "$capture_bench" "$shm" 3000 || failed=1
+        rm -rf "$shm"
+    fi
 fi
 exit $failed
