@@ -44,8 +44,8 @@ void log_write(enum log_level lvl, const char *fmt, ...)
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
     n = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
-    m = snprintf(line + n, sizeof(line) - n, ".%06ldZ %s %s: ", ts.tv_nsec / 1000,
-                 level_names[lvl], program);
+    m = snprintf(line + n, sizeof(line) - n, ".%06ldZ %s %s: ", ts.tv_nsec / 1000, level_names[lvl],
+                 program);
     n += (size_t)m;
     va_start(ap, fmt);
     m = vsnprintf(line + n, sizeof(line) - n, fmt, ap);

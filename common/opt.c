@@ -52,8 +52,8 @@ static void usage(const char *program, const char *summary, const struct opt *op
     printf("  %-28s show this help\n  %-28s show the version\n", "--help", "--version");
 }
 
-int opt_parse(const char *program, const char *summary, const struct opt *opts, int nopts,
-              int argc, char **argv)
+int opt_parse(const char *program, const char *summary, const struct opt *opts, int nopts, int argc,
+              char **argv)
 {
     struct option *lo = xcalloc((size_t)nopts + 3, sizeof(*lo));
     char *given = xcalloc((size_t)nopts, 1);

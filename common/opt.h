@@ -17,11 +17,11 @@ enum opt_kind {
 };
 
 struct opt {
-    const char *name;  /* long name without "--" */
-    const char *env;   /* environment variable */
+    const char *name; /* long name without "--" */
+    const char *env;  /* environment variable */
     enum opt_kind kind;
     void *target;
-    const char *arg;   /* argument name for --help, e.g. "PATH" */
+    const char *arg; /* argument name for --help, e.g. "PATH" */
     const char *help;
 };
 

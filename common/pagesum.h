@@ -26,7 +26,7 @@ struct pagesum {
     uint32_t page_size;
     uint32_t npages; /* database size in pages */
     uint32_t cap;
-    uint64_t *hash;  /* hash[pgno-1] */
+    uint64_t *hash; /* hash[pgno-1] */
     uint64_t sum;
 };
 

@@ -8,7 +8,10 @@
 #include <sqlite3.h>
 #include <stddef.h>
 
-#define C(x) {x, #x}
+#define C(x)                                                                                       \
+    {                                                                                              \
+        x, #x                                                                                      \
+    }
 
 static const struct {
     int code;

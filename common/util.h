@@ -12,7 +12,7 @@
 #define MUST_CHECK __attribute__((warn_unused_result))
 
 /* Recover the struct that embeds `ptr` as its member `member`. */
-#define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define MIN(a, b)    ((a) < (b) ? (a) : (b))

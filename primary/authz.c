@@ -25,9 +25,9 @@ struct authz {
 
 /* PRAGMAs refused when they set a value; reading them stays allowed. */
 static const char *const pragma_set_refused[] = {
-    "journal_mode", "wal_autocheckpoint", "page_size",      "writable_schema",
-    "synchronous",  "locking_mode",       "schema_version", "query_only",
-    "journal_size_limit", "mmap_size",    "cache_spill",
+    "journal_mode",       "wal_autocheckpoint", "page_size",      "writable_schema",
+    "synchronous",        "locking_mode",       "schema_version", "query_only",
+    "journal_size_limit", "mmap_size",          "cache_spill",
 };
 
 /* PRAGMAs refused even without a value. */
@@ -97,8 +97,9 @@ static int authorize_cb(void *arg, int action, const char *a1, const char *a2, c
     case SQLITE_TRANSACTION:
         if (az->vacuum) /* VACUUM runs its own BEGIN inside */
             return SQLITE_OK;
-        return refuse(az, "%s is not allowed here: the request's mode controls the transaction "
-                          "(use MODE_BEGIN, MODE_COMMIT, MODE_ROLLBACK)",
+        return refuse(az,
+                      "%s is not allowed here: the request's mode controls the transaction "
+                      "(use MODE_BEGIN, MODE_COMMIT, MODE_ROLLBACK)",
                       a1 ? a1 : "transaction control");
     case SQLITE_SAVEPOINT:
         if (a2 && strncasecmp(a2, AUTHZ_SAVEPOINT_PREFIX, strlen(AUTHZ_SAVEPOINT_PREFIX)) == 0)

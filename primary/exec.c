@@ -281,8 +281,8 @@ static int is_vacuum_into(const char *sql)
     if (exec_first_keyword_is(p, "INTO"))
         return 1;
     p = skip_space_and_comments(p);
-    while (*p && (isalnum((unsigned char)*p) || *p == '_' || *p == '"' || *p == '[' ||
-                  *p == ']' || *p == '`'))
+    while (*p && (isalnum((unsigned char)*p) || *p == '_' || *p == '"' || *p == '[' || *p == ']' ||
+                  *p == '`'))
         p++;
     return exec_first_keyword_is(p, "INTO");
 }

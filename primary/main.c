@@ -66,8 +66,8 @@ static const struct opt opts[] = {
      "requests per group commit (default 512)"},
     {"tx-timeout-ms", "BOOMERANG_TX_TIMEOUT_MS", OPT_INT, &conf.tx_timeout_ms, "N",
      "roll back an interactive transaction idle this long (default 5000)"},
-    {"statement-timeout-ms", "BOOMERANG_STATEMENT_TIMEOUT_MS", OPT_INT,
-     &conf.statement_timeout_ms, "N", "interrupt a statement running this long (default 10000)"},
+    {"statement-timeout-ms", "BOOMERANG_STATEMENT_TIMEOUT_MS", OPT_INT, &conf.statement_timeout_ms,
+     "N", "interrupt a statement running this long (default 10000)"},
     {"max-message-mb", "BOOMERANG_MAX_MESSAGE_MB", OPT_INT, &conf.max_message_mb, "N",
      "largest request or result message in MiB (default 16)"},
     {"log-level", "BOOMERANG_LOG_LEVEL", OPT_STRING, &conf.log_level, "LEVEL",
@@ -128,8 +128,8 @@ static int build_ctx(struct ctx *ctx, struct service_config *sc)
     log_level = lvl;
     if (conf.auth_token_file && auth_load(conf.auth_token_file, &ctx->auth) != 0)
         return -1;
-    if (conf.tls_cert && tls_server_ctx(conf.tls_cert, conf.tls_key, conf.tls_client_ca,
-                                        &ctx->tls) != 0)
+    if (conf.tls_cert &&
+        tls_server_ctx(conf.tls_cert, conf.tls_key, conf.tls_client_ca, &ctx->tls) != 0)
         return -1;
     if (conf.database)
         snprintf(ctx->database, sizeof(ctx->database), "%s", conf.database);
@@ -167,7 +167,8 @@ int main(int argc, char **argv)
 {
     struct ctx ctx = {0};
     struct service_config sc = {0};
-    int rc = opt_parse("boomerang-primary", "Owns a SQLite database, runs every write with group "
+    int rc = opt_parse("boomerang-primary",
+                       "Owns a SQLite database, runs every write with group "
                        "commit, and logs each commit for replication.",
                        opts, (int)ARRAY_LEN(opts), argc, argv);
 

@@ -11,8 +11,8 @@
 #include "common/log.h"
 #include "primary/exec.h"
 
-#define PATH_EXECUTE "/boomerang.v1.Primary/Execute"
-#define PATH_STATUS  "/boomerang.v1.Primary/Status"
+#define PATH_EXECUTE   "/boomerang.v1.Primary/Execute"
+#define PATH_STATUS    "/boomerang.v1.Primary/Status"
 #define DRAIN_DEADLINE 10.0
 
 enum service_state { SERVICE_RUNNING, SERVICE_DRAINING, SERVICE_CLOSING };

@@ -49,7 +49,7 @@ struct writer {
     struct writer_config cfg;
     sqlite3 *db;
     struct authz *az;
-    sqlite3 *rdb;          /* read-only connection, for reads while a transaction is open */
+    sqlite3 *rdb; /* read-only connection, for reads while a transaction is open */
     struct authz *raz;
     struct capture *cap;
     sqlite3_stmt *ctl[CTL_COUNT];
@@ -114,8 +114,8 @@ static int exec_pragma(sqlite3 *db, const char *sql)
 static int open_db(struct writer *w)
 {
     static const char *const pragmas[] = {
-        "PRAGMA journal_mode=WAL",     "PRAGMA synchronous=FULL", "PRAGMA wal_autocheckpoint=0",
-        "PRAGMA temp_store=MEMORY",    "PRAGMA cache_size=-65536",
+        "PRAGMA journal_mode=WAL",  "PRAGMA synchronous=FULL",  "PRAGMA wal_autocheckpoint=0",
+        "PRAGMA temp_store=MEMORY", "PRAGMA cache_size=-65536",
     };
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
     int rc = sqlite3_open_v2(w->cfg.db_path, &w->db, flags, NULL);
@@ -263,7 +263,8 @@ static int run_statements_on(struct writer *w, struct writer_job *job, int read)
     if (i == req->n_statements)
         return 0;
     for (i++; i < req->n_statements; i++)
-        job_add_result(job, exec_error_result("SKIPPED", 0, "not run: an earlier statement failed"));
+        job_add_result(job,
+                       exec_error_result("SKIPPED", 0, "not run: an earlier statement failed"));
     job->failed = 1;
     return -1;
 }
@@ -766,8 +767,7 @@ static int run_init_sql(struct writer *w)
         log_error("read %s failed: %s", w->cfg.init_sql, strerror(-rc));
         return -1;
     }
-    if (ctl(w, CTL_BEGIN) != SQLITE_OK ||
-        sqlite3_exec(w->db, sql, NULL, NULL, &err) != SQLITE_OK) {
+    if (ctl(w, CTL_BEGIN) != SQLITE_OK || sqlite3_exec(w->db, sql, NULL, NULL, &err) != SQLITE_OK) {
         log_error("run %s failed: %s", w->cfg.init_sql, err ? err : sqlite3_errmsg(w->db));
         sqlite3_free(err);
         free(sql);

@@ -41,9 +41,9 @@ enum writer_job_kind {
 
 struct writer_job {
     enum writer_job_kind kind;
-    uint64_t conn_id;                    /* connection the request came on */
-    Boomerang__V1__ExecuteRequest *req;  /* owned by the job; freed by writer_job_free */
-    void *owner;                         /* the submitter's context (its call) */
+    uint64_t conn_id;                   /* connection the request came on */
+    Boomerang__V1__ExecuteRequest *req; /* owned by the job; freed by writer_job_free */
+    void *owner;                        /* the submitter's context (its call) */
 
     /* Set by the writer before done_cb runs. */
     enum grpc_status status; /* GRPC_OK: reply holds the packed ExecuteResponse */

@@ -15,7 +15,7 @@ static int harness_passed, harness_failed, harness_cur_failed;
 #define CHECK(cond)                                                                                \
     do {                                                                                           \
         if (!(cond)) {                                                                             \
-            fprintf(stderr, "  %s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);            \
+            fprintf(stderr, "  %s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);             \
             harness_cur_failed = 1;                                                                \
         }                                                                                          \
     } while (0)
@@ -23,7 +23,7 @@ static int harness_passed, harness_failed, harness_cur_failed;
 #define REQUIRE(cond)                                                                              \
     do {                                                                                           \
         if (!(cond)) {                                                                             \
-            fprintf(stderr, "  %s:%d: REQUIRE failed: %s\n", __FILE__, __LINE__, #cond);          \
+            fprintf(stderr, "  %s:%d: REQUIRE failed: %s\n", __FILE__, __LINE__, #cond);           \
             harness_cur_failed = 1;                                                                \
             return;                                                                                \
         }                                                                                          \
@@ -35,14 +35,14 @@ static int harness_passed, harness_failed, harness_cur_failed;
         name();                                                                                    \
         if (harness_cur_failed) {                                                                  \
             harness_failed++;                                                                      \
-            fprintf(stderr, "FAIL %s\n", #name);                                                  \
+            fprintf(stderr, "FAIL %s\n", #name);                                                   \
         } else {                                                                                   \
             harness_passed++;                                                                      \
         }                                                                                          \
     } while (0)
 
 #define HARNESS_END()                                                                              \
-    (printf("%s: %d passed, %d failed\n", __FILE__, harness_passed, harness_failed),              \
+    (printf("%s: %d passed, %d failed\n", __FILE__, harness_passed, harness_failed),               \
      harness_failed ? 1 : 0)
 
 #endif

@@ -164,7 +164,8 @@ TEST(too_many_args_and_too_big_results)
 
     int rc;
     r = run("WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 100) "
-            "SELECT randomblob(100000) FROM c", &rc);
+            "SELECT randomblob(100000) FROM c",
+            &rc);
     CHECK(rc == SQLITE_TOOBIG && r->error && r->n_rows == 0);
     CHECK(r->error && strstr(r->error->message, "limit"));
     protobuf_c_message_free_unpacked(&r->base, NULL);
