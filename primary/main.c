@@ -110,6 +110,12 @@ static int check_conf(void)
         fprintf(stderr, "boomerang-primary: --tls-client-ca needs --tls-cert and --tls-key\n");
         return -1;
     }
+    char host[256];
+    int port;
+    if (util_split_hostport(conf.listen, host, sizeof(host), &port) != 0) {
+        fprintf(stderr, "boomerang-primary: --listen '%s' is not HOST:PORT\n", conf.listen);
+        return -1;
+    }
     if (conf.max_message_mb < 1 || conf.max_message_mb > 1024 || conf.max_batch < 1) {
         fprintf(stderr, "boomerang-primary: --max-message-mb must be 1..1024, --max-batch >= 1\n");
         return -1;

@@ -3,6 +3,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <openssl/rand.h>
 #include <pthread.h>
@@ -10,7 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/log.h"
 #include "common/sqlcode.h"
@@ -47,6 +50,7 @@ struct writer_tx {
 
 struct writer {
     struct writer_config cfg;
+    int lock_fd; /* flock()ed database file: one primary per database */
     sqlite3 *db;
     struct authz *az;
     sqlite3 *rdb; /* read-only connection, for reads while a transaction is open */
@@ -108,6 +112,37 @@ static int exec_pragma(sqlite3 *db, const char *sql)
         sqlite3_free(err);
     }
     return rc;
+}
+
+/* One primary per database: a second writer would commit frames that capture
+ * never sees. flock() locks are independent of the POSIX locks SQLite uses,
+ * and this descriptor stays open until SQLite has closed the file (closing
+ * any descriptor of a file drops the process's POSIX locks on it). */
+static int lock_db(struct writer *w)
+{
+    w->lock_fd = open(w->cfg.db_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (w->lock_fd < 0) {
+        log_error("open %s failed: %s", w->cfg.db_path, strerror(errno));
+        return -1;
+    }
+    if (flock(w->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        if (errno == EWOULDBLOCK)
+            log_error("lock %s failed: another boomerang-primary is serving this database",
+                      w->cfg.db_path);
+        else
+            log_error("lock %s failed: %s", w->cfg.db_path, strerror(errno));
+        close(w->lock_fd);
+        w->lock_fd = -1;
+        return -1;
+    }
+    return 0;
+}
+
+static void unlock_db(struct writer *w)
+{
+    if (w->lock_fd >= 0)
+        close(w->lock_fd);
+    w->lock_fd = -1;
 }
 
 /* Pragmas first: wal_autocheckpoint would replace capture's wal_hook. */
@@ -808,6 +843,9 @@ int writer_start(struct ev_loop *loop, const struct writer_config *cfg, writer_d
     w->loop = loop;
     w->done_cb = done_cb;
     w->done_arg = arg;
+    w->lock_fd = -1;
+    if (lock_db(w) != 0)
+        goto fail_lock;
     if (open_db(w) != 0 || prepare_ctl(w) != 0)
         goto fail_db;
     if (authz_install(w->db, &w->az) != 0) {
@@ -845,6 +883,8 @@ fail_thread:
     pthread_mutex_destroy(&w->mu);
 fail_db:
     close_db(w);
+    unlock_db(w);
+fail_lock:
     free(w);
     return -1;
 }
@@ -888,6 +928,7 @@ void writer_stop(struct writer *w)
     if (capture_final_checkpoint(w->cap) != 0)
         log_warn("final checkpoint failed; the WAL stays and is recovered on start");
     close_db(w);
+    unlock_db(w);
     pthread_mutex_destroy(&w->done_mu);
     pthread_cond_destroy(&w->cond);
     pthread_mutex_destroy(&w->mu);

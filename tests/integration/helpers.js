@@ -288,7 +288,31 @@ export async function stopAll() {
         const rep = sanitizerReport(h);
         if (rep) problems.push(`${h.name} pid ${h.pid} sanitizer report:\n${rep}`);
     }
+    armExitWatchdog();
     if (problems.length) throw new Error(problems.join('\n\n'));
+}
+
+// After the file's cleanup nothing should keep the test process alive. If
+// something does (a leaked socket, timer or child pipe), node:test would wait
+// forever; instead, name the handles and exit non-zero after a grace period.
+let watchdogArmed = false;
+function armExitWatchdog(graceMs = 30000) {
+    if (watchdogArmed) return;
+    watchdogArmed = true;
+    const timer = setTimeout(() => { // watchdog delay, unref'd: never keeps the process alive
+        const handles = process._getActiveHandles().map(describeHandle);
+        process.stderr.write(`itest: process still alive ${graceMs} ms after cleanup; handles: ${handles.join(', ')}\n`);
+        process.exit(70);
+    }, graceMs);
+    timer.unref();
+}
+
+function describeHandle(h) {
+    const name = h?.constructor?.name || typeof h;
+    if (h && typeof h.remoteAddress === 'string') return `${name}(${h.localPort}->${h.remoteAddress}:${h.remotePort})`;
+    if (h && h.pid) return `${name}(pid ${h.pid})`;
+    if (h && h.fd !== undefined) return `${name}(fd ${h.fd})`;
+    return name;
 }
 
 // Last-resort cleanup: SIGKILL by PID whatever is still running, and remove temp dirs.
