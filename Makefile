@@ -127,7 +127,7 @@ unit: all $(UNIT_BIN)
 
 itest: all
 	scripts/deps.sh test
-	BOOMERANG_BIN=$(abspath $(BIN)) node --test --test-concurrency=1 tests/integration/
+	BOOMERANG_BIN=$(abspath $(BIN)) timeout 1800 node --test --test-concurrency=1 tests/integration/
 
 test: all
 	scripts/deps.sh test

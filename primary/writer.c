@@ -332,7 +332,7 @@ static void job_pack(struct writer *w, struct writer_job *job)
     Boomerang__V1__ExecuteResponse resp = BOOMERANG__V1__EXECUTE_RESPONSE__INIT;
     struct capture_status st;
 
-    if (job->status != GRPC_OK)
+    if (job->status != GRPC_OK || job->kind != WRITER_JOB_EXECUTE)
         return;
     capture_status(w->cap, &st);
     resp.results = job->results;
@@ -625,6 +625,8 @@ static void run_tx_job(struct writer *w, struct writer_job *job)
 
 static int job_is_tx(const struct writer_job *job)
 {
+    if (job->kind != WRITER_JOB_EXECUTE)
+        return 0;
     Boomerang__V1__Mode m = job->req->mode;
     return m == BOOMERANG__V1__MODE__MODE_CONTINUE || m == BOOMERANG__V1__MODE__MODE_COMMIT ||
            m == BOOMERANG__V1__MODE__MODE_ROLLBACK;
@@ -642,9 +644,34 @@ static int job_groupable(const struct writer_job *job)
     return req->mode == BOOMERANG__V1__MODE__MODE_ATOMIC;
 }
 
+/* Pin a read snapshot between two commits: no commit can slip in between
+ * the BEGIN and the status, because this thread makes every commit. */
+static void run_snapshot(struct writer *w, struct writer_job *job)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_exec(job->snap_db, "BEGIN", NULL, NULL, NULL);
+
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(job->snap_db, "SELECT data FROM sqlite_dbpage WHERE pgno = 1", -1,
+                                &st, NULL);
+    if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW)
+        rc = SQLITE_OK;
+    sqlite3_finalize(st);
+    if (rc != SQLITE_OK) {
+        job_fail(job, GRPC_INTERNAL, "snapshot: read transaction failed: %s",
+                 sqlite3_errmsg(job->snap_db));
+        (void)sqlite3_exec(job->snap_db, "ROLLBACK", NULL, NULL, NULL);
+    } else {
+        capture_status(w->cap, &job->snap_at);
+    }
+    job_done(w, job);
+}
+
 static void run_one(struct writer *w, struct writer_job *job)
 {
-    if (job->kind == WRITER_JOB_CONN_CLOSED) {
+    if (job->kind == WRITER_JOB_SNAPSHOT) {
+        run_snapshot(w, job);
+    } else if (job->kind == WRITER_JOB_CONN_CLOSED) {
         if (w->tx.id && w->tx.conn_id == job->conn_id)
             tx_end(w, "its connection closed");
         job_done(w, job);
@@ -682,7 +709,7 @@ static struct writer_job *take_for_tx(struct writer *w)
 
     for (; *pp; prev = *pp, pp = &(*pp)->next) {
         struct writer_job *job = *pp;
-        int ok = job->kind == WRITER_JOB_CONN_CLOSED ||
+        int ok = job->kind == WRITER_JOB_CONN_CLOSED || job->kind == WRITER_JOB_SNAPSHOT ||
                  (job_is_tx(job) && job->req->transaction_id != 0) || job_readonly(w, job);
         if (!ok)
             continue;
@@ -933,6 +960,21 @@ void writer_stop(struct writer *w)
     pthread_cond_destroy(&w->cond);
     pthread_mutex_destroy(&w->mu);
     free(w);
+}
+
+struct replog *writer_log(struct writer *w)
+{
+    return capture_log(w->cap);
+}
+
+struct writer_job *writer_snapshot_job(struct sqlite3 *snap_db, void *owner)
+{
+    struct writer_job *job = xcalloc(1, sizeof(*job));
+
+    job->kind = WRITER_JOB_SNAPSHOT;
+    job->snap_db = snap_db;
+    job->owner = owner;
+    return job;
 }
 
 void writer_job_free(struct writer_job *job)

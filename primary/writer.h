@@ -37,6 +37,7 @@ struct writer;
 enum writer_job_kind {
     WRITER_JOB_EXECUTE,     /* run req */
     WRITER_JOB_CONN_CLOSED, /* roll back conn_id's interactive transaction, if any */
+    WRITER_JOB_SNAPSHOT,    /* start a read transaction on snap_db between two commits */
 };
 
 struct writer_job {
@@ -44,6 +45,8 @@ struct writer_job {
     uint64_t conn_id;                   /* connection the request came on */
     Boomerang__V1__ExecuteRequest *req; /* owned by the job; freed by writer_job_free */
     void *owner;                        /* the submitter's context (its call) */
+    struct sqlite3 *snap_db;       /* WRITER_JOB_SNAPSHOT: the connection to pin */
+    struct capture_status snap_at; /* WRITER_JOB_SNAPSHOT: the state it sees */
 
     /* Set by the writer before done_cb runs. */
     enum grpc_status status; /* GRPC_OK: reply holds the packed ExecuteResponse */
@@ -90,6 +93,19 @@ unsigned writer_pending(const struct writer *w);
 
 /* Thread-safe copy of the replication state (head txid, database id...). */
 void writer_status(struct writer *w, struct capture_status *out);
+
+/* The replication log, for readers (replog_reader_open from any thread). It
+ * lives as long as the writer. */
+struct replog *writer_log(struct writer *w);
+
+/* A job that pins a consistent snapshot: the writer thread, between two
+ * commits, runs BEGIN and a first read on job->snap_db (a connection of the
+ * caller's, to the same database, used by no other thread meanwhile) and
+ * records in job->snap_at the state that read transaction sees. On done_cb,
+ * job->status is GRPC_OK or the failure (status_msg). The caller then reads
+ * pages from snap_db (SELECT pgno, data FROM sqlite_dbpage) and ends the read
+ * transaction itself. The caller owns snap_db. */
+struct writer_job *writer_snapshot_job(struct sqlite3 *snap_db, void *owner);
 
 /* Run what is queued, roll back an open interactive transaction, checkpoint,
  * close the database and join the thread. done_cb still runs for every job

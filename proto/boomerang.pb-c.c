@@ -502,6 +502,321 @@ void   boomerang__v1__status_response__free_unpacked
   assert(message->base.descriptor == &boomerang__v1__status_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   boomerang__v1__subscribe_request__init
+                     (Boomerang__V1__SubscribeRequest         *message)
+{
+  static const Boomerang__V1__SubscribeRequest init_value = BOOMERANG__V1__SUBSCRIBE_REQUEST__INIT;
+  *message = init_value;
+}
+size_t boomerang__v1__subscribe_request__get_packed_size
+                     (const Boomerang__V1__SubscribeRequest *message)
+{
+  assert(message->base.descriptor == &boomerang__v1__subscribe_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boomerang__v1__subscribe_request__pack
+                     (const Boomerang__V1__SubscribeRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boomerang__v1__subscribe_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boomerang__v1__subscribe_request__pack_to_buffer
+                     (const Boomerang__V1__SubscribeRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boomerang__v1__subscribe_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boomerang__V1__SubscribeRequest *
+       boomerang__v1__subscribe_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boomerang__V1__SubscribeRequest *)
+     protobuf_c_message_unpack (&boomerang__v1__subscribe_request__descriptor,
+                                allocator, len, data);
+}
+void   boomerang__v1__subscribe_request__free_unpacked
+                     (Boomerang__V1__SubscribeRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boomerang__v1__subscribe_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   boomerang__v1__page__init
+                     (Boomerang__V1__Page         *message)
+{
+  static const Boomerang__V1__Page init_value = BOOMERANG__V1__PAGE__INIT;
+  *message = init_value;
+}
+size_t boomerang__v1__page__get_packed_size
+                     (const Boomerang__V1__Page *message)
+{
+  assert(message->base.descriptor == &boomerang__v1__page__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boomerang__v1__page__pack
+                     (const Boomerang__V1__Page *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boomerang__v1__page__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boomerang__v1__page__pack_to_buffer
+                     (const Boomerang__V1__Page *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boomerang__v1__page__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boomerang__V1__Page *
+       boomerang__v1__page__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boomerang__V1__Page *)
+     protobuf_c_message_unpack (&boomerang__v1__page__descriptor,
+                                allocator, len, data);
+}
+void   boomerang__v1__page__free_unpacked
+                     (Boomerang__V1__Page *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boomerang__v1__page__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   boomerang__v1__hello__init
+                     (Boomerang__V1__Hello         *message)
+{
+  static const Boomerang__V1__Hello init_value = BOOMERANG__V1__HELLO__INIT;
+  *message = init_value;
+}
+size_t boomerang__v1__hello__get_packed_size
+                     (const Boomerang__V1__Hello *message)
+{
+  assert(message->base.descriptor == &boomerang__v1__hello__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boomerang__v1__hello__pack
+                     (const Boomerang__V1__Hello *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boomerang__v1__hello__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boomerang__v1__hello__pack_to_buffer
+                     (const Boomerang__V1__Hello *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boomerang__v1__hello__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boomerang__V1__Hello *
+       boomerang__v1__hello__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boomerang__V1__Hello *)
+     protobuf_c_message_unpack (&boomerang__v1__hello__descriptor,
+                                allocator, len, data);
+}
+void   boomerang__v1__hello__free_unpacked
+                     (Boomerang__V1__Hello *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boomerang__v1__hello__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   boomerang__v1__txn_chunk__init
+                     (Boomerang__V1__TxnChunk         *message)
+{
+  static const Boomerang__V1__TxnChunk init_value = BOOMERANG__V1__TXN_CHUNK__INIT;
+  *message = init_value;
+}
+size_t boomerang__v1__txn_chunk__get_packed_size
+                     (const Boomerang__V1__TxnChunk *message)
+{
+  assert(message->base.descriptor == &boomerang__v1__txn_chunk__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boomerang__v1__txn_chunk__pack
+                     (const Boomerang__V1__TxnChunk *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boomerang__v1__txn_chunk__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boomerang__v1__txn_chunk__pack_to_buffer
+                     (const Boomerang__V1__TxnChunk *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boomerang__v1__txn_chunk__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boomerang__V1__TxnChunk *
+       boomerang__v1__txn_chunk__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boomerang__V1__TxnChunk *)
+     protobuf_c_message_unpack (&boomerang__v1__txn_chunk__descriptor,
+                                allocator, len, data);
+}
+void   boomerang__v1__txn_chunk__free_unpacked
+                     (Boomerang__V1__TxnChunk *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boomerang__v1__txn_chunk__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   boomerang__v1__snapshot_chunk__init
+                     (Boomerang__V1__SnapshotChunk         *message)
+{
+  static const Boomerang__V1__SnapshotChunk init_value = BOOMERANG__V1__SNAPSHOT_CHUNK__INIT;
+  *message = init_value;
+}
+size_t boomerang__v1__snapshot_chunk__get_packed_size
+                     (const Boomerang__V1__SnapshotChunk *message)
+{
+  assert(message->base.descriptor == &boomerang__v1__snapshot_chunk__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boomerang__v1__snapshot_chunk__pack
+                     (const Boomerang__V1__SnapshotChunk *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boomerang__v1__snapshot_chunk__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boomerang__v1__snapshot_chunk__pack_to_buffer
+                     (const Boomerang__V1__SnapshotChunk *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boomerang__v1__snapshot_chunk__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boomerang__V1__SnapshotChunk *
+       boomerang__v1__snapshot_chunk__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boomerang__V1__SnapshotChunk *)
+     protobuf_c_message_unpack (&boomerang__v1__snapshot_chunk__descriptor,
+                                allocator, len, data);
+}
+void   boomerang__v1__snapshot_chunk__free_unpacked
+                     (Boomerang__V1__SnapshotChunk *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boomerang__v1__snapshot_chunk__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   boomerang__v1__heartbeat__init
+                     (Boomerang__V1__Heartbeat         *message)
+{
+  static const Boomerang__V1__Heartbeat init_value = BOOMERANG__V1__HEARTBEAT__INIT;
+  *message = init_value;
+}
+size_t boomerang__v1__heartbeat__get_packed_size
+                     (const Boomerang__V1__Heartbeat *message)
+{
+  assert(message->base.descriptor == &boomerang__v1__heartbeat__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boomerang__v1__heartbeat__pack
+                     (const Boomerang__V1__Heartbeat *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boomerang__v1__heartbeat__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boomerang__v1__heartbeat__pack_to_buffer
+                     (const Boomerang__V1__Heartbeat *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boomerang__v1__heartbeat__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boomerang__V1__Heartbeat *
+       boomerang__v1__heartbeat__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boomerang__V1__Heartbeat *)
+     protobuf_c_message_unpack (&boomerang__v1__heartbeat__descriptor,
+                                allocator, len, data);
+}
+void   boomerang__v1__heartbeat__free_unpacked
+                     (Boomerang__V1__Heartbeat *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boomerang__v1__heartbeat__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   boomerang__v1__replication_event__init
+                     (Boomerang__V1__ReplicationEvent         *message)
+{
+  static const Boomerang__V1__ReplicationEvent init_value = BOOMERANG__V1__REPLICATION_EVENT__INIT;
+  *message = init_value;
+}
+size_t boomerang__v1__replication_event__get_packed_size
+                     (const Boomerang__V1__ReplicationEvent *message)
+{
+  assert(message->base.descriptor == &boomerang__v1__replication_event__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boomerang__v1__replication_event__pack
+                     (const Boomerang__V1__ReplicationEvent *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boomerang__v1__replication_event__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boomerang__v1__replication_event__pack_to_buffer
+                     (const Boomerang__V1__ReplicationEvent *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boomerang__v1__replication_event__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boomerang__V1__ReplicationEvent *
+       boomerang__v1__replication_event__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boomerang__V1__ReplicationEvent *)
+     protobuf_c_message_unpack (&boomerang__v1__replication_event__descriptor,
+                                allocator, len, data);
+}
+void   boomerang__v1__replication_event__free_unpacked
+                     (Boomerang__V1__ReplicationEvent *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boomerang__v1__replication_event__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 static const ProtobufCFieldDescriptor boomerang__v1__value__field_descriptors[5] =
 {
   {
@@ -1323,6 +1638,662 @@ const ProtobufCMessageDescriptor boomerang__v1__status_response__descriptor =
   (ProtobufCMessageInit) boomerang__v1__status_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
+static const ProtobufCFieldDescriptor boomerang__v1__subscribe_request__field_descriptors[5] =
+{
+  {
+    "database",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__SubscribeRequest, database),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "database_id",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__SubscribeRequest, database_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "epoch",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__SubscribeRequest, epoch),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "applied_txid",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__SubscribeRequest, applied_txid),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "applied_checksum",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_FIXED64,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__SubscribeRequest, applied_checksum),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boomerang__v1__subscribe_request__field_indices_by_name[] = {
+  4,   /* field[4] = applied_checksum */
+  3,   /* field[3] = applied_txid */
+  0,   /* field[0] = database */
+  1,   /* field[1] = database_id */
+  2,   /* field[2] = epoch */
+};
+static const ProtobufCIntRange boomerang__v1__subscribe_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 5 }
+};
+const ProtobufCMessageDescriptor boomerang__v1__subscribe_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boomerang.v1.SubscribeRequest",
+  "SubscribeRequest",
+  "Boomerang__V1__SubscribeRequest",
+  "boomerang.v1",
+  sizeof(Boomerang__V1__SubscribeRequest),
+  5,
+  boomerang__v1__subscribe_request__field_descriptors,
+  boomerang__v1__subscribe_request__field_indices_by_name,
+  1,  boomerang__v1__subscribe_request__number_ranges,
+  (ProtobufCMessageInit) boomerang__v1__subscribe_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boomerang__v1__page__field_descriptors[2] =
+{
+  {
+    "pgno",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__Page, pgno),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "data",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__Page, data),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boomerang__v1__page__field_indices_by_name[] = {
+  1,   /* field[1] = data */
+  0,   /* field[0] = pgno */
+};
+static const ProtobufCIntRange boomerang__v1__page__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor boomerang__v1__page__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boomerang.v1.Page",
+  "Page",
+  "Boomerang__V1__Page",
+  "boomerang.v1",
+  sizeof(Boomerang__V1__Page),
+  2,
+  boomerang__v1__page__field_descriptors,
+  boomerang__v1__page__field_indices_by_name,
+  1,  boomerang__v1__page__number_ranges,
+  (ProtobufCMessageInit) boomerang__v1__page__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boomerang__v1__hello__field_descriptors[5] =
+{
+  {
+    "database_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__Hello, database_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "epoch",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__Hello, epoch),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "head_txid",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__Hello, head_txid),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "page_size",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__Hello, page_size),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "now_us",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_SINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__Hello, now_us),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boomerang__v1__hello__field_indices_by_name[] = {
+  0,   /* field[0] = database_id */
+  1,   /* field[1] = epoch */
+  2,   /* field[2] = head_txid */
+  4,   /* field[4] = now_us */
+  3,   /* field[3] = page_size */
+};
+static const ProtobufCIntRange boomerang__v1__hello__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 5 }
+};
+const ProtobufCMessageDescriptor boomerang__v1__hello__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boomerang.v1.Hello",
+  "Hello",
+  "Boomerang__V1__Hello",
+  "boomerang.v1",
+  sizeof(Boomerang__V1__Hello),
+  5,
+  boomerang__v1__hello__field_descriptors,
+  boomerang__v1__hello__field_indices_by_name,
+  1,  boomerang__v1__hello__number_ranges,
+  (ProtobufCMessageInit) boomerang__v1__hello__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boomerang__v1__txn_chunk__field_descriptors[7] =
+{
+  {
+    "txid",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__TxnChunk, txid),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "db_pages",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__TxnChunk, db_pages),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "page_size",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__TxnChunk, page_size),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "pages",
+    4,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boomerang__V1__TxnChunk, n_pages),
+    offsetof(Boomerang__V1__TxnChunk, pages),
+    &boomerang__v1__page__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "last",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__TxnChunk, last),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "checksum",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_FIXED64,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__TxnChunk, checksum),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "commit_time_us",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_SINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__TxnChunk, commit_time_us),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boomerang__v1__txn_chunk__field_indices_by_name[] = {
+  5,   /* field[5] = checksum */
+  6,   /* field[6] = commit_time_us */
+  1,   /* field[1] = db_pages */
+  4,   /* field[4] = last */
+  2,   /* field[2] = page_size */
+  3,   /* field[3] = pages */
+  0,   /* field[0] = txid */
+};
+static const ProtobufCIntRange boomerang__v1__txn_chunk__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 7 }
+};
+const ProtobufCMessageDescriptor boomerang__v1__txn_chunk__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boomerang.v1.TxnChunk",
+  "TxnChunk",
+  "Boomerang__V1__TxnChunk",
+  "boomerang.v1",
+  sizeof(Boomerang__V1__TxnChunk),
+  7,
+  boomerang__v1__txn_chunk__field_descriptors,
+  boomerang__v1__txn_chunk__field_indices_by_name,
+  1,  boomerang__v1__txn_chunk__number_ranges,
+  (ProtobufCMessageInit) boomerang__v1__txn_chunk__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boomerang__v1__snapshot_chunk__field_descriptors[11] =
+{
+  {
+    "txid",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__SnapshotChunk, txid),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "db_pages",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__SnapshotChunk, db_pages),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "page_size",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__SnapshotChunk, page_size),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "pages",
+    4,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boomerang__V1__SnapshotChunk, n_pages),
+    offsetof(Boomerang__V1__SnapshotChunk, pages),
+    &boomerang__v1__page__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "first",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__SnapshotChunk, first),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "last",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__SnapshotChunk, last),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "checksum",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_FIXED64,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__SnapshotChunk, checksum),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "database_id",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__SnapshotChunk, database_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "epoch",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__SnapshotChunk, epoch),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "reason",
+    10,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__SnapshotChunk, reason),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "commit_time_us",
+    11,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_SINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__SnapshotChunk, commit_time_us),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boomerang__v1__snapshot_chunk__field_indices_by_name[] = {
+  6,   /* field[6] = checksum */
+  10,   /* field[10] = commit_time_us */
+  7,   /* field[7] = database_id */
+  1,   /* field[1] = db_pages */
+  8,   /* field[8] = epoch */
+  4,   /* field[4] = first */
+  5,   /* field[5] = last */
+  2,   /* field[2] = page_size */
+  3,   /* field[3] = pages */
+  9,   /* field[9] = reason */
+  0,   /* field[0] = txid */
+};
+static const ProtobufCIntRange boomerang__v1__snapshot_chunk__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 11 }
+};
+const ProtobufCMessageDescriptor boomerang__v1__snapshot_chunk__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boomerang.v1.SnapshotChunk",
+  "SnapshotChunk",
+  "Boomerang__V1__SnapshotChunk",
+  "boomerang.v1",
+  sizeof(Boomerang__V1__SnapshotChunk),
+  11,
+  boomerang__v1__snapshot_chunk__field_descriptors,
+  boomerang__v1__snapshot_chunk__field_indices_by_name,
+  1,  boomerang__v1__snapshot_chunk__number_ranges,
+  (ProtobufCMessageInit) boomerang__v1__snapshot_chunk__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boomerang__v1__heartbeat__field_descriptors[3] =
+{
+  {
+    "head_txid",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__Heartbeat, head_txid),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "now_us",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_SINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__Heartbeat, now_us),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "head_time_us",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_SINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boomerang__V1__Heartbeat, head_time_us),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boomerang__v1__heartbeat__field_indices_by_name[] = {
+  2,   /* field[2] = head_time_us */
+  0,   /* field[0] = head_txid */
+  1,   /* field[1] = now_us */
+};
+static const ProtobufCIntRange boomerang__v1__heartbeat__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor boomerang__v1__heartbeat__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boomerang.v1.Heartbeat",
+  "Heartbeat",
+  "Boomerang__V1__Heartbeat",
+  "boomerang.v1",
+  sizeof(Boomerang__V1__Heartbeat),
+  3,
+  boomerang__v1__heartbeat__field_descriptors,
+  boomerang__v1__heartbeat__field_indices_by_name,
+  1,  boomerang__v1__heartbeat__number_ranges,
+  (ProtobufCMessageInit) boomerang__v1__heartbeat__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boomerang__v1__replication_event__field_descriptors[4] =
+{
+  {
+    "hello",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boomerang__V1__ReplicationEvent, event_case),
+    offsetof(Boomerang__V1__ReplicationEvent, hello),
+    &boomerang__v1__hello__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "txn",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boomerang__V1__ReplicationEvent, event_case),
+    offsetof(Boomerang__V1__ReplicationEvent, txn),
+    &boomerang__v1__txn_chunk__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "snapshot",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boomerang__V1__ReplicationEvent, event_case),
+    offsetof(Boomerang__V1__ReplicationEvent, snapshot),
+    &boomerang__v1__snapshot_chunk__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "heartbeat",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boomerang__V1__ReplicationEvent, event_case),
+    offsetof(Boomerang__V1__ReplicationEvent, heartbeat),
+    &boomerang__v1__heartbeat__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boomerang__v1__replication_event__field_indices_by_name[] = {
+  3,   /* field[3] = heartbeat */
+  0,   /* field[0] = hello */
+  2,   /* field[2] = snapshot */
+  1,   /* field[1] = txn */
+};
+static const ProtobufCIntRange boomerang__v1__replication_event__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 4 }
+};
+const ProtobufCMessageDescriptor boomerang__v1__replication_event__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boomerang.v1.ReplicationEvent",
+  "ReplicationEvent",
+  "Boomerang__V1__ReplicationEvent",
+  "boomerang.v1",
+  sizeof(Boomerang__V1__ReplicationEvent),
+  4,
+  boomerang__v1__replication_event__field_descriptors,
+  boomerang__v1__replication_event__field_indices_by_name,
+  1,  boomerang__v1__replication_event__number_ranges,
+  (ProtobufCMessageInit) boomerang__v1__replication_event__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
 static const ProtobufCEnumValue boomerang__v1__mode__enum_values_by_number[6] =
 {
   { "MODE_AUTOCOMMIT", "BOOMERANG__V1__MODE__MODE_AUTOCOMMIT", 0 },
@@ -1400,5 +2371,38 @@ void boomerang__v1__primary__init (Boomerang__V1__Primary_Service *service,
 {
   protobuf_c_service_generated_init (&service->base,
                                      &boomerang__v1__primary__descriptor,
+                                     (ProtobufCServiceDestroy) destroy);
+}
+static const ProtobufCMethodDescriptor boomerang__v1__replication__method_descriptors[1] =
+{
+  { "Subscribe", &boomerang__v1__subscribe_request__descriptor, &boomerang__v1__replication_event__descriptor },
+};
+const unsigned boomerang__v1__replication__method_indices_by_name[] = {
+  0         /* Subscribe */
+};
+const ProtobufCServiceDescriptor boomerang__v1__replication__descriptor =
+{
+  PROTOBUF_C__SERVICE_DESCRIPTOR_MAGIC,
+  "boomerang.v1.Replication",
+  "Replication",
+  "Boomerang__V1__Replication",
+  "boomerang.v1",
+  1,
+  boomerang__v1__replication__method_descriptors,
+  boomerang__v1__replication__method_indices_by_name
+};
+void boomerang__v1__replication__subscribe(ProtobufCService *service,
+                                           const Boomerang__V1__SubscribeRequest *input,
+                                           Boomerang__V1__ReplicationEvent_Closure closure,
+                                           void *closure_data)
+{
+  assert(service->descriptor == &boomerang__v1__replication__descriptor);
+  service->invoke(service, 0, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void boomerang__v1__replication__init (Boomerang__V1__Replication_Service *service,
+                                       Boomerang__V1__Replication_ServiceDestroy destroy)
+{
+  protobuf_c_service_generated_init (&service->base,
+                                     &boomerang__v1__replication__descriptor,
                                      (ProtobufCServiceDestroy) destroy);
 }

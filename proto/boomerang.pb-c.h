@@ -26,6 +26,13 @@ typedef struct Boomerang__V1__ExecuteRequest Boomerang__V1__ExecuteRequest;
 typedef struct Boomerang__V1__ExecuteResponse Boomerang__V1__ExecuteResponse;
 typedef struct Boomerang__V1__StatusRequest Boomerang__V1__StatusRequest;
 typedef struct Boomerang__V1__StatusResponse Boomerang__V1__StatusResponse;
+typedef struct Boomerang__V1__SubscribeRequest Boomerang__V1__SubscribeRequest;
+typedef struct Boomerang__V1__Page Boomerang__V1__Page;
+typedef struct Boomerang__V1__Hello Boomerang__V1__Hello;
+typedef struct Boomerang__V1__TxnChunk Boomerang__V1__TxnChunk;
+typedef struct Boomerang__V1__SnapshotChunk Boomerang__V1__SnapshotChunk;
+typedef struct Boomerang__V1__Heartbeat Boomerang__V1__Heartbeat;
+typedef struct Boomerang__V1__ReplicationEvent Boomerang__V1__ReplicationEvent;
 
 
 /* --- enums --- */
@@ -294,6 +301,177 @@ struct  Boomerang__V1__StatusResponse
     , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0, 0, 0 }
 
 
+struct  Boomerang__V1__SubscribeRequest
+{
+  ProtobufCMessage base;
+  char *database;
+  /*
+   * the replica's; empty for a new replica
+   */
+  char *database_id;
+  /*
+   * the replica's; 0 for a new replica
+   */
+  uint64_t epoch;
+  /*
+   * resume after this txid
+   */
+  uint64_t applied_txid;
+  /*
+   * database checksum at applied_txid
+   */
+  uint64_t applied_checksum;
+};
+#define BOOMERANG__V1__SUBSCRIBE_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boomerang__v1__subscribe_request__descriptor) \
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, 0 }
+
+
+struct  Boomerang__V1__Page
+{
+  ProtobufCMessage base;
+  uint32_t pgno;
+  /*
+   * exactly page_size bytes
+   */
+  ProtobufCBinaryData data;
+};
+#define BOOMERANG__V1__PAGE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boomerang__v1__page__descriptor) \
+    , 0, {0,NULL} }
+
+
+/*
+ * The first event on every stream.
+ */
+struct  Boomerang__V1__Hello
+{
+  ProtobufCMessage base;
+  char *database_id;
+  uint64_t epoch;
+  uint64_t head_txid;
+  uint32_t page_size;
+  int64_t now_us;
+};
+#define BOOMERANG__V1__HELLO__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boomerang__v1__hello__descriptor) \
+    , (char *)protobuf_c_empty_string, 0, 0, 0, 0 }
+
+
+/*
+ * One committed transaction, split over one or more events so that no event
+ * is large. Pages come in ascending pgno; the event with `last` set ends the
+ * transaction and carries its checksum. A replica applies it atomically, only
+ * once `last` has arrived.
+ */
+struct  Boomerang__V1__TxnChunk
+{
+  ProtobufCMessage base;
+  uint64_t txid;
+  /*
+   * database size in pages after the commit
+   */
+  uint32_t db_pages;
+  uint32_t page_size;
+  size_t n_pages;
+  Boomerang__V1__Page **pages;
+  protobuf_c_boolean last;
+  /*
+   * database checksum after the commit (last chunk)
+   */
+  uint64_t checksum;
+  /*
+   * the primary's clock at commit (last chunk)
+   */
+  int64_t commit_time_us;
+};
+#define BOOMERANG__V1__TXN_CHUNK__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boomerang__v1__txn_chunk__descriptor) \
+    , 0, 0, 0, 0,NULL, 0, 0, 0 }
+
+
+/*
+ * A consistent snapshot of the whole database at `txid`, split over events
+ * the same way; `first` marks the start (and says why it was sent), `last`
+ * the end. The replica replaces its database with it atomically.
+ */
+struct  Boomerang__V1__SnapshotChunk
+{
+  ProtobufCMessage base;
+  uint64_t txid;
+  uint32_t db_pages;
+  uint32_t page_size;
+  size_t n_pages;
+  Boomerang__V1__Page **pages;
+  protobuf_c_boolean first;
+  protobuf_c_boolean last;
+  /*
+   * database checksum at txid (last chunk)
+   */
+  uint64_t checksum;
+  /*
+   * first chunk
+   */
+  char *database_id;
+  /*
+   * first chunk
+   */
+  uint64_t epoch;
+  /*
+   * first chunk: "new replica", "behind retention", ...
+   */
+  char *reason;
+  /*
+   * last chunk
+   */
+  int64_t commit_time_us;
+};
+#define BOOMERANG__V1__SNAPSHOT_CHUNK__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boomerang__v1__snapshot_chunk__descriptor) \
+    , 0, 0, 0, 0,NULL, 0, 0, 0, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string, 0 }
+
+
+/*
+ * Sent about every 100 ms while no transaction flows, so a replica always
+ * knows how far behind it is.
+ */
+struct  Boomerang__V1__Heartbeat
+{
+  ProtobufCMessage base;
+  uint64_t head_txid;
+  int64_t now_us;
+  int64_t head_time_us;
+};
+#define BOOMERANG__V1__HEARTBEAT__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boomerang__v1__heartbeat__descriptor) \
+    , 0, 0, 0 }
+
+
+typedef enum {
+  BOOMERANG__V1__REPLICATION_EVENT__EVENT__NOT_SET = 0,
+  BOOMERANG__V1__REPLICATION_EVENT__EVENT_HELLO = 1,
+  BOOMERANG__V1__REPLICATION_EVENT__EVENT_TXN = 2,
+  BOOMERANG__V1__REPLICATION_EVENT__EVENT_SNAPSHOT = 3,
+  BOOMERANG__V1__REPLICATION_EVENT__EVENT_HEARTBEAT = 4
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOOMERANG__V1__REPLICATION_EVENT__EVENT__CASE)
+} Boomerang__V1__ReplicationEvent__EventCase;
+
+struct  Boomerang__V1__ReplicationEvent
+{
+  ProtobufCMessage base;
+  Boomerang__V1__ReplicationEvent__EventCase event_case;
+  union {
+    Boomerang__V1__Hello *hello;
+    Boomerang__V1__TxnChunk *txn;
+    Boomerang__V1__SnapshotChunk *snapshot;
+    Boomerang__V1__Heartbeat *heartbeat;
+  };
+};
+#define BOOMERANG__V1__REPLICATION_EVENT__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boomerang__v1__replication_event__descriptor) \
+    , BOOMERANG__V1__REPLICATION_EVENT__EVENT__NOT_SET, {0} }
+
+
 /* Boomerang__V1__Value methods */
 void   boomerang__v1__value__init
                      (Boomerang__V1__Value         *message);
@@ -503,6 +681,139 @@ Boomerang__V1__StatusResponse *
 void   boomerang__v1__status_response__free_unpacked
                      (Boomerang__V1__StatusResponse *message,
                       ProtobufCAllocator *allocator);
+/* Boomerang__V1__SubscribeRequest methods */
+void   boomerang__v1__subscribe_request__init
+                     (Boomerang__V1__SubscribeRequest         *message);
+size_t boomerang__v1__subscribe_request__get_packed_size
+                     (const Boomerang__V1__SubscribeRequest   *message);
+size_t boomerang__v1__subscribe_request__pack
+                     (const Boomerang__V1__SubscribeRequest   *message,
+                      uint8_t             *out);
+size_t boomerang__v1__subscribe_request__pack_to_buffer
+                     (const Boomerang__V1__SubscribeRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Boomerang__V1__SubscribeRequest *
+       boomerang__v1__subscribe_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boomerang__v1__subscribe_request__free_unpacked
+                     (Boomerang__V1__SubscribeRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Boomerang__V1__Page methods */
+void   boomerang__v1__page__init
+                     (Boomerang__V1__Page         *message);
+size_t boomerang__v1__page__get_packed_size
+                     (const Boomerang__V1__Page   *message);
+size_t boomerang__v1__page__pack
+                     (const Boomerang__V1__Page   *message,
+                      uint8_t             *out);
+size_t boomerang__v1__page__pack_to_buffer
+                     (const Boomerang__V1__Page   *message,
+                      ProtobufCBuffer     *buffer);
+Boomerang__V1__Page *
+       boomerang__v1__page__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boomerang__v1__page__free_unpacked
+                     (Boomerang__V1__Page *message,
+                      ProtobufCAllocator *allocator);
+/* Boomerang__V1__Hello methods */
+void   boomerang__v1__hello__init
+                     (Boomerang__V1__Hello         *message);
+size_t boomerang__v1__hello__get_packed_size
+                     (const Boomerang__V1__Hello   *message);
+size_t boomerang__v1__hello__pack
+                     (const Boomerang__V1__Hello   *message,
+                      uint8_t             *out);
+size_t boomerang__v1__hello__pack_to_buffer
+                     (const Boomerang__V1__Hello   *message,
+                      ProtobufCBuffer     *buffer);
+Boomerang__V1__Hello *
+       boomerang__v1__hello__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boomerang__v1__hello__free_unpacked
+                     (Boomerang__V1__Hello *message,
+                      ProtobufCAllocator *allocator);
+/* Boomerang__V1__TxnChunk methods */
+void   boomerang__v1__txn_chunk__init
+                     (Boomerang__V1__TxnChunk         *message);
+size_t boomerang__v1__txn_chunk__get_packed_size
+                     (const Boomerang__V1__TxnChunk   *message);
+size_t boomerang__v1__txn_chunk__pack
+                     (const Boomerang__V1__TxnChunk   *message,
+                      uint8_t             *out);
+size_t boomerang__v1__txn_chunk__pack_to_buffer
+                     (const Boomerang__V1__TxnChunk   *message,
+                      ProtobufCBuffer     *buffer);
+Boomerang__V1__TxnChunk *
+       boomerang__v1__txn_chunk__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boomerang__v1__txn_chunk__free_unpacked
+                     (Boomerang__V1__TxnChunk *message,
+                      ProtobufCAllocator *allocator);
+/* Boomerang__V1__SnapshotChunk methods */
+void   boomerang__v1__snapshot_chunk__init
+                     (Boomerang__V1__SnapshotChunk         *message);
+size_t boomerang__v1__snapshot_chunk__get_packed_size
+                     (const Boomerang__V1__SnapshotChunk   *message);
+size_t boomerang__v1__snapshot_chunk__pack
+                     (const Boomerang__V1__SnapshotChunk   *message,
+                      uint8_t             *out);
+size_t boomerang__v1__snapshot_chunk__pack_to_buffer
+                     (const Boomerang__V1__SnapshotChunk   *message,
+                      ProtobufCBuffer     *buffer);
+Boomerang__V1__SnapshotChunk *
+       boomerang__v1__snapshot_chunk__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boomerang__v1__snapshot_chunk__free_unpacked
+                     (Boomerang__V1__SnapshotChunk *message,
+                      ProtobufCAllocator *allocator);
+/* Boomerang__V1__Heartbeat methods */
+void   boomerang__v1__heartbeat__init
+                     (Boomerang__V1__Heartbeat         *message);
+size_t boomerang__v1__heartbeat__get_packed_size
+                     (const Boomerang__V1__Heartbeat   *message);
+size_t boomerang__v1__heartbeat__pack
+                     (const Boomerang__V1__Heartbeat   *message,
+                      uint8_t             *out);
+size_t boomerang__v1__heartbeat__pack_to_buffer
+                     (const Boomerang__V1__Heartbeat   *message,
+                      ProtobufCBuffer     *buffer);
+Boomerang__V1__Heartbeat *
+       boomerang__v1__heartbeat__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boomerang__v1__heartbeat__free_unpacked
+                     (Boomerang__V1__Heartbeat *message,
+                      ProtobufCAllocator *allocator);
+/* Boomerang__V1__ReplicationEvent methods */
+void   boomerang__v1__replication_event__init
+                     (Boomerang__V1__ReplicationEvent         *message);
+size_t boomerang__v1__replication_event__get_packed_size
+                     (const Boomerang__V1__ReplicationEvent   *message);
+size_t boomerang__v1__replication_event__pack
+                     (const Boomerang__V1__ReplicationEvent   *message,
+                      uint8_t             *out);
+size_t boomerang__v1__replication_event__pack_to_buffer
+                     (const Boomerang__V1__ReplicationEvent   *message,
+                      ProtobufCBuffer     *buffer);
+Boomerang__V1__ReplicationEvent *
+       boomerang__v1__replication_event__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boomerang__v1__replication_event__free_unpacked
+                     (Boomerang__V1__ReplicationEvent *message,
+                      ProtobufCAllocator *allocator);
 /* --- per-message closures --- */
 
 typedef void (*Boomerang__V1__Value_Closure)
@@ -538,6 +849,27 @@ typedef void (*Boomerang__V1__StatusRequest_Closure)
 typedef void (*Boomerang__V1__StatusResponse_Closure)
                  (const Boomerang__V1__StatusResponse *message,
                   void *closure_data);
+typedef void (*Boomerang__V1__SubscribeRequest_Closure)
+                 (const Boomerang__V1__SubscribeRequest *message,
+                  void *closure_data);
+typedef void (*Boomerang__V1__Page_Closure)
+                 (const Boomerang__V1__Page *message,
+                  void *closure_data);
+typedef void (*Boomerang__V1__Hello_Closure)
+                 (const Boomerang__V1__Hello *message,
+                  void *closure_data);
+typedef void (*Boomerang__V1__TxnChunk_Closure)
+                 (const Boomerang__V1__TxnChunk *message,
+                  void *closure_data);
+typedef void (*Boomerang__V1__SnapshotChunk_Closure)
+                 (const Boomerang__V1__SnapshotChunk *message,
+                  void *closure_data);
+typedef void (*Boomerang__V1__Heartbeat_Closure)
+                 (const Boomerang__V1__Heartbeat *message,
+                  void *closure_data);
+typedef void (*Boomerang__V1__ReplicationEvent_Closure)
+                 (const Boomerang__V1__ReplicationEvent *message,
+                  void *closure_data);
 
 /* --- services --- */
 
@@ -571,6 +903,27 @@ void boomerang__v1__primary__status(ProtobufCService *service,
                                     const Boomerang__V1__StatusRequest *input,
                                     Boomerang__V1__StatusResponse_Closure closure,
                                     void *closure_data);
+typedef struct Boomerang__V1__Replication_Service Boomerang__V1__Replication_Service;
+struct Boomerang__V1__Replication_Service
+{
+  ProtobufCService base;
+  void (*subscribe)(Boomerang__V1__Replication_Service *service,
+                    const Boomerang__V1__SubscribeRequest *input,
+                    Boomerang__V1__ReplicationEvent_Closure closure,
+                    void *closure_data);
+};
+typedef void (*Boomerang__V1__Replication_ServiceDestroy)(Boomerang__V1__Replication_Service *);
+void boomerang__v1__replication__init (Boomerang__V1__Replication_Service *service,
+                                       Boomerang__V1__Replication_ServiceDestroy destroy);
+#define BOOMERANG__V1__REPLICATION__BASE_INIT \
+    { &boomerang__v1__replication__descriptor, protobuf_c_service_invoke_internal, NULL }
+#define BOOMERANG__V1__REPLICATION__INIT(function_prefix__) \
+    { BOOMERANG__V1__REPLICATION__BASE_INIT,\
+      function_prefix__ ## subscribe  }
+void boomerang__v1__replication__subscribe(ProtobufCService *service,
+                                           const Boomerang__V1__SubscribeRequest *input,
+                                           Boomerang__V1__ReplicationEvent_Closure closure,
+                                           void *closure_data);
 
 /* --- descriptors --- */
 
@@ -586,7 +939,15 @@ extern const ProtobufCMessageDescriptor boomerang__v1__execute_request__descript
 extern const ProtobufCMessageDescriptor boomerang__v1__execute_response__descriptor;
 extern const ProtobufCMessageDescriptor boomerang__v1__status_request__descriptor;
 extern const ProtobufCMessageDescriptor boomerang__v1__status_response__descriptor;
+extern const ProtobufCMessageDescriptor boomerang__v1__subscribe_request__descriptor;
+extern const ProtobufCMessageDescriptor boomerang__v1__page__descriptor;
+extern const ProtobufCMessageDescriptor boomerang__v1__hello__descriptor;
+extern const ProtobufCMessageDescriptor boomerang__v1__txn_chunk__descriptor;
+extern const ProtobufCMessageDescriptor boomerang__v1__snapshot_chunk__descriptor;
+extern const ProtobufCMessageDescriptor boomerang__v1__heartbeat__descriptor;
+extern const ProtobufCMessageDescriptor boomerang__v1__replication_event__descriptor;
 extern const ProtobufCServiceDescriptor boomerang__v1__primary__descriptor;
+extern const ProtobufCServiceDescriptor boomerang__v1__replication__descriptor;
 
 PROTOBUF_C__END_DECLS
 

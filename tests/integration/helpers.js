@@ -24,7 +24,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 
 import grpc from '@grpc/grpc-js';
 import protoLoader from '@grpc/proto-loader';
@@ -152,6 +152,7 @@ export async function startPrimary({ dir, db, args = [], env = {}, viaEnv = fals
         stdio: ['ignore', 'pipe', 'pipe'],
     });
     const h = new ProcHandle(proc, 'boomerang-primary', argv);
+    h.server = true; // expected to run until signalled, and to exit 0 on SIGTERM
     h.dir = dir;
     h.db = db;
     const m = await waitFor(
@@ -270,27 +271,34 @@ export function sanitizerReport(h) {
 
 /**
  * Stop every process this file started (SIGTERM then SIGKILL), by PID.
- * Throws if a primary needed SIGKILL, exited non-zero on SIGTERM, exited without
- * being told to (a crash), or printed a sanitizer report.
+ * Throws if a server started by startPrimary needed SIGKILL, exited non-zero on
+ * SIGTERM or exited without being told to (a crash), or if any process printed
+ * a sanitizer report. Each process is judged once, so calling it again is harmless.
  */
 export async function stopAll() {
     const problems = [];
     for (const h of [...live]) {
         const st = await h.stop();
-        if (h.name !== 'boomerang-primary') continue;
+        if (!h.server) continue;
         if (h.killedHard) problems.push(`${h.name} pid ${h.pid} ignored SIGTERM\n${h.tail()}`);
         else if (st.code !== 0) problems.push(`${h.name} pid ${h.pid}: ${fmtExit(st)} on SIGTERM\n${h.tail()}`);
     }
     for (const h of allStarted) {
-        if (h.name === 'boomerang-primary' && h.exitStatus && !h.signalled) {
-            problems.push(`${h.name} pid ${h.pid} exited on its own: ${fmtExit(h.exitStatus)}\n${h.tail()}`);
-        }
+        if (judged.has(h)) continue;
+        judged.add(h);
+        if (h.server && !h.signalled) problems.push(`${h.name} pid ${h.pid} exited on its own: ${fmtExit(h.exitStatus)}\n${h.tail()}`);
         const rep = sanitizerReport(h);
         if (rep) problems.push(`${h.name} pid ${h.pid} sanitizer report:\n${rep}`);
     }
     armExitWatchdog();
     if (problems.length) throw new Error(problems.join('\n\n'));
 }
+
+const judged = new WeakSet(); // handles stopAll() has already checked
+
+// Every file that imports this module gets the cleanup, whether or not it
+// registers its own after(stopAll) (calling stopAll twice is harmless).
+after(() => stopAll(), { timeout: 60000 });
 
 // After the file's cleanup nothing should keep the test process alive. If
 // something does (a leaked socket, timer or child pipe), node:test would wait
@@ -348,7 +356,7 @@ export function itest(name, opts, fn) {
             await fn(t);
         } catch (e) {
             // Processes this test started, plus the file's shared ones still running.
-            const procs = [...new Set([...mine, ...[...live].filter((h) => h.name === 'boomerang-primary')])];
+            const procs = [...new Set([...mine, ...[...live].filter((h) => h.server)])];
             const diag = procs
                 .map((h) => `--- ${h.name} pid ${h.pid} (${fmtExit(h.exitStatus)}) stderr tail ---\n${h.tail()}`)
                 .join('\n');
