@@ -2,7 +2,9 @@
  *
  *   accept4 -> CONN_ACCEPTED -+- h2c ------------------------------+-> CONN_H2 -> CONN_CLOSING
  *                             +- TLS -> CONN_TLS_HANDSHAKE -(h2)---+        (freed later, from
- *                                                                            the prepare watcher)
+ *                             +- h2c, cfg.http1 set: first bytes --+         the prepare watcher)
+ *                                  "PRI * HTTP/2.0..." -> CONN_H2
+ *                                  "GET /... HTTP/1.1" -> http_server_adopt, CONN_CLOSING
  *   socket/SSL -> nghttp2_session_mem_recv -> on_*_cb -> struct h2call (one per stream):
  *       HEADERS     -> method, content-type, bearer token checked
  *       DATA        -> grpc_decoder -> exactly one message
@@ -12,7 +14,11 @@
  *
  * Backpressure: frames are pulled from nghttp2 only while conn->out holds less
  * than H2_OUT_HIGH bytes, and the socket is read only then too, so a client
- * that does not read its responses stops being read from.
+ * that does not read its responses stops being read from. A streaming
+ * producer watches h2call_pending() and gets h2call_on_drain()'s callback
+ * (fired after conn_send, outside nghttp2) when its queue has gone down;
+ * h2call_flush() serializes what is queued at once (up to H2_FLUSH_HIGH), to
+ * put one call's output on the wire ahead of what is submitted next.
  *
  * Lifetimes: a connection is only ever freed from the server's prepare watcher
  * (or h2server_free), never inside one of its own callbacks; conn_close()
@@ -20,8 +26,10 @@
  * belongs to the application until it is ended. If the stream dies first the
  * call is orphaned (detached from the connection) and freed when it is ended.
  *
- * A connection starts speaking HTTP/2 in conn_start_protocol(); a later
- * HTTP/1.1 front end on the same port would peek at the first bytes there. */
+ * HTTP/1.1 on the same port: with cfg.http1, an h2c connection first reads
+ * until its bytes either are the HTTP/2 client preface or diverge from it
+ * (conn_sniff). An HTTP/1.x request line goes, fd and bytes read so far, to
+ * that HTTP/1.1 server; anything else goes to nghttp2, which refuses it. */
 #include "common/h2server.h"
 
 #include <arpa/inet.h>
@@ -42,10 +50,12 @@
 
 #include "common/auth.h"
 #include "common/buf.h"
+#include "common/http.h"
 #include "common/log.h"
 #include "common/tls.h"
 
-#define H2_OUT_HIGH          (1024 * 1024) /* stop reading above this much unsent output */
+#define H2_OUT_HIGH          (1024 * 1024)      /* stop reading above this much unsent output */
+#define H2_FLUSH_HIGH        (16 * 1024 * 1024) /* h2call_flush serializes up to this much */
 #define H2_READ_CHUNK        (64 * 1024)
 #define H2_READS_PER_EVENT   8 /* then yield to other connections */
 #define H2_WRITES_PER_EVENT  16
@@ -57,10 +67,13 @@
 #define H2_DEFAULT_MAX_MSG   (4 * 1024 * 1024) /* gRPC's default receive limit */
 #define H2_ACCEPT_PAUSE      0.1               /* seconds to stop accepting when out of fds */
 #define H2_TLS_LOG_PER_SEC   10
-#define H2_HANDSHAKE_TIMEOUT 10.0 /* seconds, or idle_timeout if shorter */
+/* Seconds for a TLS handshake, and for the first bytes when sniffing for
+ * HTTP/1.1, or idle_timeout if shorter. */
+#define H2_HANDSHAKE_TIMEOUT 10.0
 
 enum conn_state {
-    CONN_ACCEPTED,      /* just accepted; the protocol is not chosen yet */
+    CONN_ACCEPTED,      /* just accepted; the protocol is not chosen yet (with cfg.http1:
+                           reading the first bytes) */
     CONN_TLS_HANDSHAKE, /* TLS handshake in progress */
     CONN_H2,            /* speaking HTTP/2 */
     CONN_CLOSING,       /* watchers stopped; freed from the prepare watcher */
@@ -96,6 +109,11 @@ struct h2call {
     char *message;           /* percent-encoded grpc-message, or NULL */
     h2call_cancel_cb on_cancel;
     void *cancel_arg;
+    h2call_drain_cb on_drain;
+    void *drain_arg;
+    size_t drain_low; /* on_drain fires when out falls below this... */
+    int drain_armed;  /* ...after a send left it at or above */
+    int drain_due;    /* it fell: fire once the connection's send loop is done */
 };
 
 struct conn {
@@ -106,7 +124,10 @@ struct conn {
     int pending;
     uint64_t id;
     int fd;
-    char name[80]; /* "conn#N IP:PORT" */
+    char name[80];                           /* "conn#N IP:PORT" */
+    char peer[64];                           /* "IP:PORT" */
+    uint8_t sniff[NGHTTP2_CLIENT_MAGIC_LEN]; /* first bytes, while sniffing */
+    size_t nsniff;
     SSL *ssl;
     int tls_up; /* handshake completed */
     nghttp2_session *sess;
@@ -118,6 +139,9 @@ struct conn {
     ev_tstamp last_active; /* last dispatch or end of a call, for the idle timeout */
     struct buf out;        /* bytes for the socket */
     struct h2call *calls;
+    int in_session; /* inside nghttp2_session_mem_recv/mem_send: no reentry */
+    int drains_due; /* some call's drain_due is set */
+    int firing;     /* conn_fire_drains is running */
 };
 
 struct h2server {
@@ -273,6 +297,11 @@ static ssize_t call_read_cb(nghttp2_session *session, int32_t stream_id, uint8_t
     if (n > 0)
         memcpy(buf, buf_head(&c->out), n);
     buf_consume(&c->out, n);
+    if (c->drain_armed && buf_avail(&c->out) < c->drain_low) {
+        c->drain_armed = 0;
+        c->drain_due = 1;
+        c->conn->drains_due = 1;
+    }
     if (buf_avail(&c->out) > 0)
         return (ssize_t)n;
     if (c->finished) {
@@ -752,6 +781,8 @@ static void conn_update_io(struct conn *c)
 
     if (c->state == CONN_TLS_HANDSHAKE) {
         ev = c->hs_want;
+    } else if (c->state == CONN_ACCEPTED) {
+        ev = EV_READ; /* sniffing the first bytes */
     } else if (c->state == CONN_H2) {
         if (buf_avail(&c->out) < H2_OUT_HIGH)
             ev |= c->rd_want;
@@ -797,7 +828,7 @@ static void conn_free(struct conn *c)
         SSL_free(c->ssl);
     }
     nghttp2_session_del(c->sess);
-    if (close(c->fd) != 0)
+    if (c->fd >= 0 && close(c->fd) != 0) /* -1: handed to the HTTP/1.1 server */
         conn_log_errno(c, "close", errno);
     if (c->prev)
         c->prev->next = c->next;
@@ -813,6 +844,28 @@ static void conn_free(struct conn *c)
         srv->cfg.on_close(srv->cfg.arg, id);
 }
 
+/* Serialize frames from nghttp2 into conn->out until it holds `limit` bytes
+ * or nghttp2 has nothing more to send. Returns 0, or -1 if the session failed. */
+static int conn_pull(struct conn *c, size_t limit)
+{
+    while (buf_avail(&c->out) < limit) {
+        const uint8_t *data;
+        ssize_t n;
+
+        c->in_session = 1;
+        n = nghttp2_session_mem_send(c->sess, &data);
+        c->in_session = 0;
+        if (n < 0) {
+            log_debug("%s: http2 send failed: %s", c->name, nghttp2_strerror((int)n));
+            return -1;
+        }
+        if (n == 0)
+            break;
+        buf_append(&c->out, data, (size_t)n);
+    }
+    return 0;
+}
+
 /* Pull frames from nghttp2 and write them until the socket blocks, nothing is
  * left, or H2_OUT_HIGH bytes wait. Returns 0, or -1 if the connection is dead. */
 static int conn_send(struct conn *c)
@@ -820,17 +873,8 @@ static int conn_send(struct conn *c)
     for (int round = 0;; round++) {
         ssize_t w;
 
-        while (buf_avail(&c->out) < H2_OUT_HIGH) {
-            const uint8_t *data;
-            ssize_t n = nghttp2_session_mem_send(c->sess, &data);
-            if (n < 0) {
-                log_debug("%s: http2 send failed: %s", c->name, nghttp2_strerror((int)n));
-                return -1;
-            }
-            if (n == 0)
-                break;
-            buf_append(&c->out, data, (size_t)n);
-        }
+        if (conn_pull(c, H2_OUT_HIGH) < 0)
+            return -1;
         if (buf_avail(&c->out) == 0)
             return 0;
         /* A fast reader of a long stream must not starve the other
@@ -861,7 +905,9 @@ static int conn_recv(struct conn *c)
         n = conn_recv_raw(c, srv->rbuf, sizeof(srv->rbuf));
         if (n <= 0)
             return (int)n;
+        c->in_session = 1;
         rv = nghttp2_session_mem_recv(c->sess, srv->rbuf, (size_t)n);
+        c->in_session = 0;
         if (rv < 0) {
             log_debug("%s: http2 receive failed: %s", c->name, nghttp2_strerror((int)rv));
             (void)conn_send(c); /* best effort: the GOAWAY nghttp2 queued */
@@ -881,6 +927,31 @@ static void conn_check_done(struct conn *c)
         conn_close(c, "session finished");
 }
 
+/* Tell the calls whose queued output fell below their low-water mark. Each
+ * callback may send, end calls or flush, so the scan restarts after each one
+ * (the list may have changed); a nested call returns and leaves the work to
+ * this loop. */
+static void conn_fire_drains(struct conn *c)
+{
+    if (c->firing)
+        return;
+    c->firing = 1;
+    while (c->drains_due && c->state == CONN_H2) {
+        c->drains_due = 0;
+        for (struct h2call *call = c->calls; call; call = call->next) {
+            if (!call->drain_due)
+                continue;
+            call->drain_due = 0;
+            if (call->state != H2CALL_STREAMING || !call->on_drain)
+                continue;
+            c->drains_due = 1; /* look at the rest again, from the head */
+            call->on_drain(call->drain_arg, call);
+            break;
+        }
+    }
+    c->firing = 0;
+}
+
 static void conn_run(struct conn *c)
 {
     int more = 0;
@@ -895,6 +966,7 @@ static void conn_run(struct conn *c)
      * turn. (After conn_update_io, which would drop a fed event.) */
     if (more && c->state == CONN_H2)
         ev_feed_event(c->srv->loop, &c->io, EV_READ);
+    conn_fire_drains(c);
 }
 
 /* Flush from the prepare watcher: output submitted outside an I/O callback. */
@@ -910,6 +982,7 @@ static void conn_service(struct conn *c)
     if (c->state == CONN_H2 && c->ssl && SSL_has_pending(c->ssl) &&
         buf_avail(&c->out) < H2_OUT_HIGH)
         ev_feed_event(c->srv->loop, &c->io, EV_READ);
+    conn_fire_drains(c);
 }
 
 static void conn_goaway(struct conn *c)
@@ -923,15 +996,69 @@ static void conn_goaway(struct conn *c)
 }
 
 /* Enter HTTP/2: our SETTINGS go out at once (RFC 9113 lets the server speak
- * first). An HTTP/1.1 front end on the same port would instead stay in
- * CONN_ACCEPTED (or the handshake) until the first bytes arrive, peek at them
- * ("PRI * HTTP/2.0" or a method name), and come here only for HTTP/2. */
-static void conn_start_protocol(struct conn *c)
+ * first). pre[0..n) are bytes already read while sniffing; nghttp2 gets
+ * them before anything else. */
+static void conn_start_protocol(struct conn *c, const uint8_t *pre, size_t n)
 {
     conn_set_state(c, CONN_H2);
     if (c->srv->shutting_down)
         conn_goaway(c);
+    if (n > 0) {
+        ssize_t rv = nghttp2_session_mem_recv(c->sess, pre, n);
+        if (rv < 0) {
+            log_debug("%s: http2 receive failed: %s", c->name, nghttp2_strerror((int)rv));
+            (void)conn_send(c); /* best effort: the GOAWAY nghttp2 queued */
+            conn_close(c, "bad connection preface");
+            return;
+        }
+    }
     conn_run(c);
+}
+
+/* "GET /" and the like: a method token, then a space (RFC 9112 request-line),
+ * as far as the bytes go. */
+static int looks_like_http1(const uint8_t *p, size_t n)
+{
+    if (n == 0 || p[0] < 'A' || p[0] > 'Z')
+        return 0;
+    for (size_t i = 1; i < n && p[i] != ' '; i++) {
+        if (!((p[i] >= 'A' && p[i] <= 'Z') || p[i] == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* Give the connection to the HTTP/1.1 server: it now owns the fd. */
+static void conn_handover(struct conn *c)
+{
+    int fd = c->fd;
+
+    c->fd = -1;
+    conn_close(c, "HTTP/1.x request: handed to the HTTP/1.1 server");
+    if (http_server_adopt(c->srv->cfg.http1, fd, c->sniff, c->nsniff, c->peer) != 0)
+        log_debug("%s: the HTTP/1.1 server refused the connection", c->name);
+}
+
+/* h2c with cfg.http1: read until the bytes are the whole HTTP/2 client
+ * preface, or stop matching it. Reading (not MSG_PEEK) keeps a level-
+ * triggered watcher from spinning while a preface arrives in pieces. */
+static void conn_sniff(struct conn *c)
+{
+    ssize_t n = conn_recv_raw(c, c->sniff + c->nsniff, sizeof(c->sniff) - c->nsniff);
+
+    if (n < 0) {
+        conn_close(c, "closed before sending a request");
+        return;
+    }
+    c->nsniff += (size_t)n;
+    if (n == 0 || (memcmp(c->sniff, NGHTTP2_CLIENT_MAGIC, c->nsniff) == 0 &&
+                   c->nsniff < NGHTTP2_CLIENT_MAGIC_LEN))
+        return; /* wait for more */
+    if (memcmp(c->sniff, NGHTTP2_CLIENT_MAGIC, c->nsniff) != 0 &&
+        looks_like_http1(c->sniff, c->nsniff))
+        conn_handover(c);
+    else
+        conn_start_protocol(c, c->sniff, c->nsniff);
 }
 
 static void conn_log_tls_failure(struct conn *c, const char *why)
@@ -965,7 +1092,7 @@ static void conn_handshake(struct conn *c)
         }
         c->tls_up = 1;
         log_debug("%s: tls established (%s)", c->name, SSL_get_version(c->ssl));
-        conn_start_protocol(c);
+        conn_start_protocol(c, NULL, 0);
         return;
     }
     e = SSL_get_error(c->ssl, r);
@@ -990,6 +1117,8 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
     (void)revents;
     if (c->state == CONN_TLS_HANDSHAKE)
         conn_handshake(c);
+    else if (c->state == CONN_ACCEPTED)
+        conn_sniff(c);
     else if (c->state == CONN_H2)
         conn_run(c);
 }
@@ -1016,6 +1145,10 @@ static void conn_idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
     if (c->state == CONN_TLS_HANDSHAKE) {
         conn_log_tls_failure(c, "handshake timed out");
         conn_close(c, "tls handshake timeout");
+        return;
+    }
+    if (c->state == CONN_ACCEPTED) {
+        conn_close(c, "no request bytes in time");
         return;
     }
     if (timeout <= 0)
@@ -1113,16 +1246,18 @@ static void conn_activate(struct conn *c)
     ev_io_init(&c->io, conn_io_cb, c->fd, 0);
     c->last_active = ev_now(srv->loop);
     first = srv->cfg.idle_timeout;
-    if (srv->cfg.tls && (first <= 0 || first > H2_HANDSHAKE_TIMEOUT))
-        first = H2_HANDSHAKE_TIMEOUT; /* a silent TLS client must not hold a conn forever */
+    if ((srv->cfg.tls || srv->cfg.http1) && (first <= 0 || first > H2_HANDSHAKE_TIMEOUT))
+        first = H2_HANDSHAKE_TIMEOUT; /* a silent client must not hold a conn forever */
     ev_timer_init(&c->idle, conn_idle_cb, first, 0);
     if (first > 0)
         ev_timer_start(srv->loop, &c->idle);
     if (srv->cfg.tls) {
         conn_set_state(c, CONN_TLS_HANDSHAKE);
         conn_update_io(c);
+    } else if (srv->cfg.http1) {
+        conn_update_io(c); /* sniff: HTTP/2 preface or HTTP/1.x? */
     } else {
-        conn_start_protocol(c);
+        conn_start_protocol(c, NULL, 0);
     }
 }
 
@@ -1138,6 +1273,7 @@ static void conn_new(struct h2server *srv, int fd, const struct sockaddr_storage
     c->rd_want = c->hs_want = EV_READ;
     c->wr_want = EV_WRITE;
     format_addr(peer, addr, sizeof(addr));
+    snprintf(c->peer, sizeof(c->peer), "%s", addr);
     snprintf(c->name, sizeof(c->name), "conn#%llu %s", (unsigned long long)c->id, addr);
     if (peer->ss_family != AF_UNIX &&
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0)
@@ -1349,7 +1485,7 @@ void h2server_shutdown(struct h2server *s)
     server_stop_listening(s);
     log_info("shutting down: %u connection(s) open", s->nconns);
     for (struct conn *c = s->conns; c; c = c->next) {
-        if (c->state == CONN_TLS_HANDSHAKE)
+        if (c->state == CONN_TLS_HANDSHAKE || c->state == CONN_ACCEPTED)
             conn_close(c, "shutdown");
         else if (c->state == CONN_H2)
             conn_goaway(c);
@@ -1416,6 +1552,15 @@ void h2call_on_cancel(struct h2call *c, h2call_cancel_cb cb, void *arg)
     c->cancel_arg = arg;
 }
 
+void h2call_on_drain(struct h2call *c, size_t low, h2call_drain_cb cb, void *arg)
+{
+    c->on_drain = cb;
+    c->drain_arg = arg;
+    c->drain_low = low;
+    c->drain_armed = cb && buf_avail(&c->out) >= low;
+    c->drain_due = 0;
+}
+
 /* Shared start of the ending functions: 1 when there is nothing to send (the
  * call was orphaned and is now freed, or its connection is closing). */
 static int call_end_early(struct h2call *c)
@@ -1466,6 +1611,8 @@ int h2call_send(struct h2call *c, const uint8_t *msg, size_t len)
     if (!h2call_alive(c) || len > UINT32_MAX)
         return -1;
     call_queue_message(c, msg, len);
+    if (c->on_drain && buf_avail(&c->out) >= c->drain_low)
+        c->drain_armed = 1;
     if (!c->headers_sent) {
         if (call_submit_headers(c) != 0)
             return -1;
@@ -1480,6 +1627,22 @@ int h2call_send(struct h2call *c, const uint8_t *msg, size_t len)
 size_t h2call_pending(const struct h2call *c)
 {
     return buf_avail(&c->out);
+}
+
+void h2call_flush(struct h2call *c)
+{
+    struct conn *conn = c->conn;
+
+    if (!conn || conn->state != CONN_H2 || conn->in_session)
+        return; /* the prepare watcher flushes it, as usual */
+    /* Past H2_OUT_HIGH too: what is queued must be serialized now, ahead of
+     * what the caller submits next, even while the socket is congested; but
+     * a peer that opens huge windows and stops reading still gets a bound. */
+    if (conn_pull(conn, H2_FLUSH_HIGH) < 0) {
+        conn_close(conn, "http2 send failed");
+        return;
+    }
+    conn_service(conn);
 }
 
 void h2call_finish(struct h2call *c, enum grpc_status status, const char *message)

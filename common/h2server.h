@@ -32,6 +32,7 @@
 struct h2server;
 struct h2call;
 struct auth;
+struct http_server;
 
 /* A complete unary request arrived (exactly one message, request ended).
  * The application now owns call and must end it exactly once. */
@@ -43,6 +44,9 @@ typedef void (*h2server_close_cb)(void *arg, uint64_t conn_id);
  * call stays valid (h2call_alive() is now 0) and must still be ended; ending
  * it from inside this callback is fine. */
 typedef void (*h2call_cancel_cb)(void *arg, struct h2call *call);
+/* A streaming call's queued output fell below its low-water mark (see
+ * h2call_on_drain). The call is alive; sending or ending it from here is fine. */
+typedef void (*h2call_drain_cb)(void *arg, struct h2call *call);
 
 /* The server copies the struct; tls and auth are borrowed and must outlive it. */
 struct h2server_config {
@@ -54,6 +58,14 @@ struct h2server_config {
                                    before it is closed (GOAWAY); 0 = never. Bytes that never
                                    complete a request do not count as activity. A TLS
                                    handshake gets min(idle_timeout, 10 s) in any case. */
+    struct http_server *http1;  /* h2c only, optional: a connection whose first bytes are an
+                                   HTTP/1.x request line instead of the HTTP/2 preface is
+                                   handed (fd and bytes) to this server (common/http.h),
+                                   which must run on the same loop and outlive this one.
+                                   The server then sends its SETTINGS only once the preface
+                                   arrived, and closes a connection that sends nothing for
+                                   min(idle_timeout, 10 s). NULL: such connections fail as
+                                   any bytes that are not HTTP/2 do (closed). */
     h2server_call_cb on_call;   /* required */
     h2server_close_cb on_close; /* optional */
     void *arg;                  /* passed to the callbacks */
@@ -121,6 +133,24 @@ void h2call_fail(struct h2call *c, enum grpc_status status, const char *message)
  * 1 MiB, so a producer can stop at a threshold (flow control). */
 int h2call_send(struct h2call *c, const uint8_t *msg, size_t len);
 size_t h2call_pending(const struct h2call *c);
+/* Flow control without polling: cb(arg, call) runs once each time
+ * h2call_pending() falls below `low` after a send left it at or above `low`
+ * (also if it already is at or above `low` now). It runs on the loop thread
+ * once the connection's send loop is done (which may be inside h2call_flush),
+ * never from inside nghttp2. cb NULL turns it off. The registration ends with
+ * the call. */
+void h2call_on_drain(struct h2call *c, size_t low, h2call_drain_cb cb, void *arg);
+/* Serialize the HTTP/2 output queued on the call's connection now (frames for
+ * every call on it, in the order nghttp2 schedules them, past the usual 1 MiB
+ * cap on a connection's unsent output, up to 16 MiB) and write what the
+ * socket takes, instead of waiting for the end of the loop iteration. Lets a
+ * caller put one call's messages on the wire ahead of another call's reply
+ * submitted afterwards on the same connection. Output that the peer's
+ * flow-control windows hold back, or beyond 16 MiB unsent, stays queued. A
+ * no-op when the call is not alive, or when called from inside the server's
+ * own processing (e.g. from on_call), where the usual flush at the end of the
+ * loop iteration follows anyway. */
+void h2call_flush(struct h2call *c);
 /* End a streaming call: the queued messages go out, then the trailers with
  * status and message (percent-encoded here; NULL or "" for none). If nothing
  * was sent it is a trailers-only response. Ends the call. */

@@ -28,7 +28,7 @@ struct ctx {
 
 static struct {
     const char *db, *listen, *tls_cert, *tls_key, *tls_client_ca, *auth_token_file;
-    const char *log_level, *state_dir, *database, *init_sql;
+    const char *log_level, *state_dir, *database, *init_sql, *metrics_listen;
     int64_t log_retain_mb, tx_timeout_ms, statement_timeout_ms, max_message_mb, max_batch;
     int no_group_commit;
 } conf = {
@@ -45,6 +45,8 @@ static const struct opt opts[] = {
     {"db", "BOOMERANG_DB", OPT_STRING, &conf.db, "PATH", "database file (created if missing)"},
     {"listen", "BOOMERANG_LISTEN", OPT_STRING, &conf.listen, "HOST:PORT",
      "gRPC listen address (default 127.0.0.1:5001; port 0 picks one)"},
+    {"metrics-listen", "BOOMERANG_METRICS_LISTEN", OPT_STRING, &conf.metrics_listen, "HOST:PORT",
+     "also serve GET /health, /metrics, /v1/status here (they are always on --listen too)"},
     {"tls-cert", "BOOMERANG_TLS_CERT", OPT_STRING, &conf.tls_cert, "FILE",
      "TLS certificate chain (PEM); enables TLS with ALPN h2"},
     {"tls-key", "BOOMERANG_TLS_KEY", OPT_STRING, &conf.tls_key, "FILE", "TLS private key (PEM)"},
@@ -146,6 +148,7 @@ static int build_ctx(struct ctx *ctx, struct service_config *sc)
     sc->tls = ctx->tls;
     sc->auth = ctx->auth;
     sc->max_message = (size_t)conf.max_message_mb << 20;
+    sc->metrics_listen = conf.metrics_listen;
     sc->writer.db_path = conf.db;
     sc->writer.group_commit = !conf.no_group_commit;
     sc->writer.max_batch = (uint32_t)conf.max_batch;

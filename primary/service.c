@@ -10,9 +10,12 @@
 #include "common/h2server.h"
 #include "common/log.h"
 #include "primary/exec.h"
+#include "primary/admin.h"
+#include "primary/stream.h"
 
 #define PATH_EXECUTE   "/boomerang.v1.Primary/Execute"
 #define PATH_STATUS    "/boomerang.v1.Primary/Status"
+#define PATH_SUBSCRIBE "/boomerang.v1.Replication/Subscribe"
 #define DRAIN_DEADLINE 10.0
 
 enum service_state { SERVICE_RUNNING, SERVICE_DRAINING, SERVICE_CLOSING };
@@ -22,6 +25,8 @@ struct service {
     struct ev_loop *loop;
     enum service_state state;
     struct writer *writer;
+    struct stream *stream; /* Replication/Subscribe */
+    struct admin *admin;   /* HTTP /health, /metrics, /v1/status */
     struct h2server *server;
     ev_timer drain_timer; /* polls for the end of the drain */
     int64_t drain_deadline_us;
@@ -150,6 +155,8 @@ static void on_call_cb(void *arg, struct h2call *call)
         on_execute(s, call);
     } else if (strcmp(path, PATH_STATUS) == 0) {
         on_status(s, call);
+    } else if (strcmp(path, PATH_SUBSCRIBE) == 0) {
+        stream_subscribe(s->stream, call);
     } else {
         h2call_fail(call, GRPC_UNIMPLEMENTED, "unknown method");
     }
@@ -174,7 +181,14 @@ static void on_job_done_cb(void *arg, struct writer_job *job)
     struct service *s = arg;
     struct h2call *call = job->owner;
 
-    (void)s;
+    if (job->kind == WRITER_JOB_SNAPSHOT) {
+        stream_job_done(s->stream, job);
+        return;
+    }
+    /* Replication first: a client that shares its connection with a
+     * subscriber gets the transaction's frames before this answer. */
+    if (job->kind == WRITER_JOB_EXECUTE)
+        stream_publish(s->stream);
     if (call) {
         if (job->status == GRPC_OK)
             h2call_reply(call, job->reply, job->reply_len);
@@ -194,9 +208,11 @@ static void service_drain_timer_cb(struct ev_loop *loop, ev_timer *t, int revent
     (void)revents;
     if (s->state == SERVICE_DRAINING && (writer_pending(s->writer) == 0 || late)) {
         service_set_state(s, SERVICE_CLOSING);
+        admin_forget_writer(s->admin);
         writer_stop(s->writer); /* answers whatever is still queued */
         s->writer = NULL;
         h2server_shutdown(s->server);
+        admin_shutdown(s->admin);
         log_info("database checkpointed and closed");
     }
     if (s->state == SERVICE_CLOSING && (h2server_conn_count(s->server) == 0 || late)) {
@@ -211,6 +227,8 @@ void service_drain(struct service *s)
         return;
     log_info("draining: finishing %u queued requests", writer_pending(s->writer));
     service_set_state(s, SERVICE_DRAINING);
+    admin_set_draining(s->admin);
+    stream_drain(s->stream); /* replicas reconnect; their snapshot jobs still come back */
     s->drain_deadline_us = now_us() + (int64_t)(DRAIN_DEADLINE * 1e6);
     ev_timer_init(&s->drain_timer, service_drain_timer_cb, 0.0, 0.02);
     ev_timer_start(s->loop, &s->drain_timer);
@@ -234,13 +252,28 @@ int service_start(struct ev_loop *loop, const struct service_config *cfg, struct
     s->loop = loop;
     if (writer_start(loop, &s->cfg.writer, on_job_done_cb, s, &s->writer) != 0)
         goto fail_writer;
+    s->stream = stream_new(loop, &(struct stream_config){.database = s->cfg.database,
+                                                         .db_path = s->cfg.writer.db_path,
+                                                         .writer = s->writer});
+    if (admin_start(loop,
+                    &(struct admin_config){.database = s->cfg.database,
+                                           .listen = cfg->metrics_listen,
+                                           .writer = s->writer,
+                                           .stream = s->stream,
+                                           .retain_bytes = cfg->writer.capture.retain_bytes},
+                    &s->admin) != 0)
+        goto fail_admin;
+    hc.http1 = admin_http(s->admin);
     if (h2server_start(loop, &hc, &s->server) != 0)
         goto fail_server;
     *out = s;
     return 0;
 
 fail_server:
+    admin_free(s->admin);
+fail_admin:
     writer_stop(s->writer);
+    stream_free(s->stream);
 fail_writer:
     free(s);
     return -1;
@@ -250,9 +283,14 @@ void service_free(struct service *s)
 {
     if (!s)
         return;
+    stream_drain(s->stream); /* before the writer and its log go */
     if (s->writer)
         writer_stop(s->writer);
     s->writer = NULL;
+    if (s->admin)
+        admin_forget_writer(s->admin);
     h2server_free(s->server);
+    admin_free(s->admin);
+    stream_free(s->stream);
     free(s);
 }

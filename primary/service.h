@@ -20,11 +20,12 @@ struct service;
 struct auth;
 
 struct service_config {
-    const char *database;    /* the name clients use; "" also matches */
-    const char *listen;      /* HOST:PORT */
-    SSL_CTX *tls;            /* NULL for h2c */
-    const struct auth *auth; /* NULL: no bearer token required */
-    size_t max_message;      /* largest request message, bytes */
+    const char *database;       /* the name clients use; "" also matches */
+    const char *listen;         /* HOST:PORT */
+    SSL_CTX *tls;               /* NULL for h2c */
+    const struct auth *auth;    /* NULL: no bearer token required */
+    size_t max_message;         /* largest request message, bytes */
+    const char *metrics_listen; /* HTTP /health, /metrics on their own port, or NULL */
     struct writer_config writer;
 };
 

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/sqlcode.h"
 #include "primary/authz.h"
 #include "primary/exec.h"
@@ -60,6 +61,10 @@ struct writer {
     struct exec_limits limits;
     int64_t stmt_deadline_us; /* progress handler interrupts past this */
     struct writer_tx tx;
+
+    /* Metrics (NULL until writer_metrics); updated on the writer thread. */
+    struct metrics_counter *m_commits, *m_requests;
+    struct metrics_histogram *m_batch, *m_commit_secs;
 
     pthread_t thread;
     pthread_mutex_t mu;
@@ -351,6 +356,8 @@ static void job_pack(struct writer *w, struct writer_job *job)
 
 static void job_done(struct writer *w, struct writer_job *job)
 {
+    if (w->m_requests && job->kind == WRITER_JOB_EXECUTE)
+        metrics_counter_inc(w->m_requests);
     job_pack(w, job);
     job->next = NULL;
     pthread_mutex_lock(&w->done_mu);
@@ -400,6 +407,18 @@ static void batch_reset_others(struct writer_job **jobs, size_t n, struct writer
     }
 }
 
+/* A commit happened: count it, with the requests it carried and how long the
+ * COMMIT (the WAL fsync, and capture) took. */
+static void count_commit(struct writer *w, uint64_t txid, size_t requests, int64_t started_us)
+{
+    if (!txid || !w->m_commits)
+        return;
+    metrics_counter_inc(w->m_commits);
+    metrics_histogram_observe(w->m_batch, (double)requests);
+    if (started_us)
+        metrics_histogram_observe(w->m_commit_secs, (double)(mono_us() - started_us) / 1e6);
+}
+
 static int batch_wrote(struct writer_job **jobs, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
@@ -444,6 +463,7 @@ static int batch_pass(struct writer *w, struct writer_job **jobs, size_t n)
      * them as a transaction that changes nothing: skip it. */
     if (!batch_wrote(jobs, n))
         return ctl(w, CTL_ROLLBACK), 0;
+    int64_t commit_started = mono_us();
     if ((rc = ctl(w, CTL_COMMIT)) != SQLITE_OK) {
         if (!sqlite3_get_autocommit(w->db))
             (void)ctl(w, CTL_ROLLBACK);
@@ -453,9 +473,14 @@ static int batch_pass(struct writer *w, struct writer_job **jobs, size_t n)
         return 0;
     }
     uint64_t txid = capture_take_txid(w->cap);
-    for (size_t i = 0; i < n; i++)
-        if (!jobs[i]->final && !jobs[i]->failed && jobs[i]->wrote)
+    size_t grouped = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!jobs[i]->final && !jobs[i]->failed && jobs[i]->wrote) {
             jobs[i]->txid = txid;
+            grouped++;
+        }
+    }
+    count_commit(w, txid, grouped, commit_started);
     return 0;
 
 fail_batch:
@@ -491,6 +516,7 @@ static void run_autocommit(struct writer *w, struct writer_job *job)
         uint64_t txid = capture_take_txid(w->cap);
         if (txid)
             job->txid = txid;
+        count_commit(w, txid, 1, 0);
     }
     job_done(w, job);
 }
@@ -587,6 +613,7 @@ static void run_commit(struct writer *w, struct writer_job *job)
     }
     job_add_result(job, exec_empty_result()); /* the COMMIT's own result */
     job->txid = capture_take_txid(w->cap);
+    count_commit(w, job->txid, 1, 0);
     memset(&w->tx, 0, sizeof(w->tx));
     job_done(w, job);
 }
@@ -960,6 +987,23 @@ void writer_stop(struct writer *w)
     pthread_cond_destroy(&w->cond);
     pthread_mutex_destroy(&w->mu);
     free(w);
+}
+
+void writer_metrics(struct writer *w, struct metrics *m)
+{
+    static const double batch_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
+
+    w->m_requests = metrics_counter_new(m, "boomerang_primary_requests_total",
+                                        "Execute requests the writer finished.", NULL);
+    w->m_commits = metrics_counter_new(m, "boomerang_primary_commits_total",
+                                       "SQLite commits, each one txid.", NULL);
+    w->m_batch = metrics_histogram_new(m, "boomerang_primary_commit_requests",
+                                       "Requests that share one commit (group commit batch size).",
+                                       NULL, batch_bounds, ARRAY_LEN(batch_bounds));
+    w->m_commit_secs =
+        metrics_histogram_new(m, "boomerang_primary_commit_seconds",
+                              "Time of a group COMMIT: WAL write, fsync and capture into the log.",
+                              NULL, metrics_latency_buckets, METRICS_LATENCY_NBUCKETS);
 }
 
 struct replog *writer_log(struct writer *w)

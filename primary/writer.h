@@ -45,8 +45,8 @@ struct writer_job {
     uint64_t conn_id;                   /* connection the request came on */
     Boomerang__V1__ExecuteRequest *req; /* owned by the job; freed by writer_job_free */
     void *owner;                        /* the submitter's context (its call) */
-    struct sqlite3 *snap_db;       /* WRITER_JOB_SNAPSHOT: the connection to pin */
-    struct capture_status snap_at; /* WRITER_JOB_SNAPSHOT: the state it sees */
+    struct sqlite3 *snap_db;            /* WRITER_JOB_SNAPSHOT: the connection to pin */
+    struct capture_status snap_at;      /* WRITER_JOB_SNAPSHOT: the state it sees */
 
     /* Set by the writer before done_cb runs. */
     enum grpc_status status; /* GRPC_OK: reply holds the packed ExecuteResponse */
@@ -93,6 +93,11 @@ unsigned writer_pending(const struct writer *w);
 
 /* Thread-safe copy of the replication state (head txid, database id...). */
 void writer_status(struct writer *w, struct capture_status *out);
+
+struct metrics;
+/* Register the writer's series in m (commits, requests, batch sizes, commit
+ * latency); the writer thread updates them. Call once, before traffic. */
+void writer_metrics(struct writer *w, struct metrics *m);
 
 /* The replication log, for readers (replog_reader_open from any thread). It
  * lives as long as the writer. */

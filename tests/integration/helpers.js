@@ -157,7 +157,7 @@ export async function startPrimary({ dir, db, args = [], env = {}, viaEnv = fals
     h.db = db;
     const m = await waitFor(
         () => {
-            const found = /listening on 127\.0\.0\.1:(\d+)/.exec(h.stderr());
+            const found = /listening on 127\.0\.0\.1:(\d+) \((?:h2c|tls)\)/.exec(h.stderr());
             if (found) return found;
             if (h.exitStatus) {
                 throw fatal(`primary exited before listening (${fmtExit(h.exitStatus)})\n${h.tail()}`);
@@ -608,3 +608,330 @@ export function rng(seed) {
 export function testSeed() {
     return process.env.BOOMERANG_SEED ? Number(process.env.BOOMERANG_SEED) : Date.now() % 1000000007;
 }
+
+// ---------------------------------------------------------------- replicas
+//
+// boomerang-replica and the read-only tools built from tests/tools: sqlq (rows
+// as JSON lines, database checksums) and bankcheck (bank-invariant reader).
+
+import assertStrict from 'node:assert/strict';
+import http from 'node:http';
+
+/**
+ * Start boomerang-replica following primary P (a startPrimary handle, or an
+ * "http://HOST:PORT" URL) into the file `replica`, its HTTP endpoint on an
+ * ephemeral port. Resolves to a handle with .httpPort and .replica once it
+ * listens. It is a server: stopAll() expects it to exit 0 on SIGTERM.
+ */
+export async function startReplica(P, replica, { args = [], env = {}, timeoutMs = 15000 } = {}) {
+    const url = typeof P === 'string' ? P : `http://${P.addr}`;
+    const argv = ['--primary', url, '--replica', replica, '--listen', '127.0.0.1:0', ...args];
+    const childEnv = {};
+    for (const [k, v] of Object.entries(process.env)) {
+        if (!k.startsWith('BOOMERANG_')) childEnv[k] = v; // flags come only from the test
+    }
+    Object.assign(childEnv, env);
+    const h = spawnTracked(binPath('boomerang-replica'), argv, { env: childEnv });
+    h.server = true;
+    h.replica = replica;
+    const m = await waitFor(
+        () => {
+            const found = /listening on 127\.0\.0\.1:(\d+) \(http\)/.exec(h.stderr());
+            if (found) return found;
+            if (h.exitStatus) throw fatal(`replica exited before listening (${fmtExit(h.exitStatus)})\n${h.tail()}`);
+            return null;
+        },
+        { timeoutMs, what: '"listening on" from boomerang-replica' },
+    ).catch(async (e) => {
+        await h.kill9();
+        e.message += `\n--- stderr ---\n${h.tail()}`;
+        throw e;
+    });
+    h.httpPort = Number(m[1]);
+    return h;
+}
+
+/** GET a path of a replica's (or any) HTTP/1.1 endpoint on 127.0.0.1:port: { status, body }. No keep-alive. */
+export function httpGetPort(port, p, timeoutMs = 5000) {
+    return new Promise((resolve, reject) => {
+        const req = http.get({ host: '127.0.0.1', port, path: p, agent: false, timeout: timeoutMs }, (res) => {
+            const chunks = [];
+            res.on('data', (d) => chunks.push(d));
+            res.on('end', () => resolve({ status: res.statusCode, body: Buffer.concat(chunks).toString('utf8') }));
+            res.on('error', reject);
+        });
+        req.on('timeout', () => req.destroy(new Error(`GET ${p}: timeout`)));
+        req.on('error', reject);
+    });
+}
+
+/** A replica's GET /v1/status, parsed. */
+export async function replicaStatus(R) {
+    const r = await httpGetPort(R.httpPort, '/v1/status');
+    if (r.status !== 200) throw new Error(`GET /v1/status: ${r.status} ${r.body}`);
+    return JSON.parse(r.body);
+}
+
+/**
+ * Wait until replica R has applied head `st` (a Status of the primary, or
+ * undefined: ask client c for one) of the same database id and is LIVE.
+ * Resolves to the primary Status it waited for.
+ */
+export async function waitReplicaAt(R, c, { st, timeoutMs = 30000, what = 'the replica to converge' } = {}) {
+    if (!st) st = await c.status();
+    await waitFor(
+        async () => {
+            if (R.exitStatus) throw fatal(`${what}: replica exited (${fmtExit(R.exitStatus)})\n${R.tail()}`);
+            const s = await replicaStatus(R);
+            return s.database_id === st.database_id && BigInt(s.applied_txid) >= BigInt(st.head_txid) && s.state === 'LIVE' ? s : null;
+        },
+        { timeoutMs, what: `${what} (primary ${st.database_id} at ${st.head_txid})` },
+    );
+    return st;
+}
+
+/** Rows of read-only queries on a database file, through sqlq: one JSON text line per row. */
+export function sqlqLines(db, ...sql) {
+    const out = run(binPath('sqlq'), [db, ...sql], { maxBuffer: 1024 * 1024 * 1024 });
+    return out.split('\n').filter((l) => l.length > 0);
+}
+
+/** The same, parsed (integers beyond 2^53 lose precision: compare lines for exactness). */
+export function sqlqRows(db, ...sql) {
+    return sqlqLines(db, ...sql).map((l) => JSON.parse(l));
+}
+
+/** sqlq --checksum: { page_size, db_pages, checksum (decimal string) }, page 1's cookie minus delta. */
+export function sqlqChecksum(db, delta = 0) {
+    return JSON.parse(run(binPath('sqlq'), ['--checksum', db, String(delta)]).trim());
+}
+
+/**
+ * The schema-cookie delta of a replica at status s (replica/apply.c, "Schema
+ * cookies"): the last field of the position file's "cur"/"next" line for the
+ * replica's database id and applied txid. sqlqChecksum(replica, delta) then
+ * equals the primary's checksum at that txid.
+ */
+export function replicaCookieDelta(replica, s) {
+    const text = fs.readFileSync(`${replica}-boomerang/position`, 'utf8');
+    const line = text
+        .split('\n')
+        .map((l) => l.trim().split(/\s+/))
+        .find((f) => (f[0] === 'cur' || f[0] === 'next') && f[1] === (s.database_id || '-') && f[3] === String(s.applied_txid));
+    if (!line) throw new Error(`no position line for ${s.database_id} at ${s.applied_txid}:\n${text}`);
+    return Number(line[line.length - 1]);
+}
+
+/**
+ * Start a bankcheck reader (tests/tools/bankcheck.c) on database `db`:
+ * `states` is the list of [sum, count] it may see, in history order. reopen
+ * and holdMs are its --reopen and --hold-ms. Resolves once it reads. Stop it
+ * with finishBankcheck(h), which parses its summary.
+ */
+export async function startBankcheck(db, states, { maxMs = 300000, reopen, holdMs } = {}) {
+    const flags = [...(reopen !== undefined ? ['--reopen', String(reopen)] : []), ...(holdMs ? ['--hold-ms', String(holdMs)] : [])];
+    const argv = [...flags, db, String(maxMs), ...states.map(([s, n]) => `${s}:${n}`)];
+    const h = spawnTracked(binPath('bankcheck'), argv);
+    await waitFor(
+        () => {
+            if (/bankcheck: reading/.test(h.stderr())) return true;
+            if (h.exitStatus) throw fatal(`bankcheck exited (${fmtExit(h.exitStatus)}): ${h.stderr()}`);
+            return false;
+        },
+        { timeoutMs: 10000, what: 'bankcheck to start reading' },
+    );
+    return h;
+}
+
+/** The last progress line of a running bankcheck ({ checks, violations, errors, seen }), or null. */
+export function bankcheckProgress(h) {
+    const all = [...h.stderr().matchAll(/^bankcheck: progress (\{.*\})$/gm)];
+    return all.length ? JSON.parse(all[all.length - 1][1]) : null;
+}
+
+/**
+ * Wait until every bankcheck in hs has made at least min checks in state
+ * index `state`. Fails at once if one exited or reports a violation or error.
+ */
+export function waitBankChecks(hs, state, min, { timeoutMs = 30000 } = {}) {
+    return waitFor(
+        () => {
+            for (const h of hs) {
+                if (h.exitStatus) throw fatal(`bankcheck pid ${h.pid} exited (${fmtExit(h.exitStatus)})`);
+                const p = bankcheckProgress(h);
+                if (p && (p.violations || p.errors)) throw fatal(`bankcheck pid ${h.pid} reports ${p.violations} violations and ${p.errors} errors`);
+            }
+            return hs.every((h) => (bankcheckProgress(h)?.seen[state] ?? 0) >= min);
+        },
+        { timeoutMs, what: `${min} bankcheck reads of state ${state} by each of ${hs.length} readers` },
+    );
+}
+
+/**
+ * Checks a bankcheck summary counts as completed within [fromUs, toUs] (unix
+ * µs): the sum of its 1 ms timeline buckets that lie wholly inside.
+ */
+export function bankChecksBetween(summary, fromUs, toUs) {
+    let n = 0;
+    summary.timeline.forEach((count, i) => {
+        const start = summary.t0_us + i * 1000;
+        if (start >= fromUs && start + 1000 <= toUs) n += count;
+    });
+    return n;
+}
+
+/** The time (unix µs) of the first line of a process's stderr log that matches re, or null. */
+export function logTimeUs(h, re) {
+    for (const line of h.stderr().split('\n')) {
+        if (!re.test(line)) continue;
+        const m = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.(\d{6})Z /.exec(line);
+        if (m) return Date.parse(`${m[1]}Z`) * 1000 + Number(m[2]);
+    }
+    return null;
+}
+
+/** SIGTERM a bankcheck reader and return its JSON summary (throws if it printed none). */
+export async function finishBankcheck(h) {
+    const st = await h.stop();
+    const line = h.stdout().trim().split('\n').pop();
+    if (st.code !== 0 || !line) throw new Error(`bankcheck pid ${h.pid}: ${fmtExit(st)}, stdout ${JSON.stringify(h.stdout())}\n${h.stderr()}`);
+    return JSON.parse(line);
+}
+
+// ---------------------------------------------------------------- bank workload
+//
+// The schema bankcheck reads (tests/tools/bankcheck.c) and writers that move
+// money between accounts in ATOMIC transactions, so that the total and the
+// number of accounts never change and bank_meta.seq grows with every commit.
+
+/**
+ * Create the bank schema through client c and fill it: `accounts` accounts of
+ * `balance` each, bank_meta.seq = seq, and `padMiB` blobs of 1 MiB in
+ * table pad (to make snapshots and transactions larger). Each account row
+ * carries `filler` bytes so that some 25 fit a page: a transfer then mostly
+ * touches two table pages, and a reader of a half-applied transaction would
+ * see one side of it (with the whole table on one page it could not tell).
+ * padFirst creates pad before the accounts, so the tables get other root
+ * pages than the default order gives. autoVacuum (NONE, FULL, INCREMENTAL)
+ * is set before the first table, on a fresh database. Resolves to the
+ * invariant [sum, count].
+ */
+export async function setupBank(c, { accounts = 1000, balance = 1000, seq = 0, padMiB = 0, padFirst = false, filler = 150, autoVacuum } = {}) {
+    if (autoVacuum) {
+        await exec1(c, `PRAGMA auto_vacuum = ${autoVacuum}`);
+        await exec1(c, 'VACUUM'); // so that it holds whatever the primary wrote first
+    }
+    const pad = 'CREATE TABLE pad (id INTEGER PRIMARY KEY, data BLOB NOT NULL)';
+    const ddl = [
+        ...(padFirst ? [pad] : []),
+        'CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL, filler BLOB)',
+        'CREATE INDEX accounts_balance ON accounts(balance)',
+        'CREATE TABLE bank_meta (id INTEGER PRIMARY KEY, seq INTEGER NOT NULL)',
+        ...(padFirst ? [] : [pad]),
+    ];
+    for (const sql of ddl) await exec1(c, sql);
+    await exec1(c, 'INSERT INTO bank_meta VALUES (1, ?)', [BigInt(seq)]);
+    // Accounts and pad blobs interleaved, so that the bank's pages are spread
+    // over the whole file: a snapshot torn anywhere tears the bank.
+    const parts = padMiB + 1;
+    for (let i = 0; i < parts; i++) {
+        const lo = Math.floor((accounts * i) / parts) + 1;
+        const hi = Math.floor((accounts * (i + 1)) / parts);
+        await exec1(
+            c,
+            'WITH RECURSIVE s(x) AS (SELECT ? UNION ALL SELECT x + 1 FROM s WHERE x < ?) INSERT INTO accounts (id, balance, filler) SELECT x, ?, zeroblob(?) FROM s',
+            [BigInt(lo), BigInt(hi), BigInt(balance), BigInt(filler)],
+        );
+        if (i < padMiB) await exec1(c, 'INSERT INTO pad (data) VALUES (randomblob(1024 * 1024))');
+    }
+    return [accounts * balance, accounts];
+}
+
+/**
+ * Bank writers: `clients` concurrent clients on primary addr, each sending
+ * ATOMIC transactions of 1..maxTransfers transfers plus seq = seq + 1; with
+ * probability padRate one also rewrites a pad blob (a transaction of over 256
+ * pages, more than one stream chunk). Returns { committed(), until(n, ms),
+ * stop() } where stop() resolves to the number committed and rethrows any
+ * writer error.
+ */
+export function bankLoad(addr, { clients = 8, accounts = 1000, seed = 1, maxTransfers = 4, padRate = 0.05, padRows = 0 } = {}) {
+    let stopped = false;
+    let committed = 0;
+    const cs = Array.from({ length: clients }, () => makeClient(addr));
+    const done = Promise.all(
+        cs.map(async (cl, ci) => {
+            const rand = rng(seed * 131 + ci);
+            const pick = () => BigInt(1 + Math.floor(rand() * accounts));
+            try {
+                while (!stopped) {
+                    const statements = [stmt('UPDATE bank_meta SET seq = seq + 1 WHERE id = 1')];
+                    const n = 1 + Math.floor(rand() * maxTransfers);
+                    for (let i = 0; i < n; i++) {
+                        const amount = BigInt(1 + Math.floor(rand() * 500));
+                        statements.push(stmt('UPDATE accounts SET balance = balance - ? WHERE id = ?', [amount, pick()]));
+                        statements.push(stmt('UPDATE accounts SET balance = balance + ? WHERE id = ?', [amount, pick()]));
+                    }
+                    if (padRows > 0 && rand() < padRate) {
+                        statements.push(stmt('UPDATE pad SET data = randomblob(length(data)) WHERE id = ?', [BigInt(1 + Math.floor(rand() * padRows))]));
+                    }
+                    const res = await cl.execute({ mode: 'MODE_ATOMIC', statements });
+                    okResults(res);
+                    committed++;
+                }
+            } finally {
+                cl.close();
+            }
+        }),
+    );
+    done.catch(() => {
+        stopped = true; // one writer failed: stop the others; stop() reports it
+    });
+    return {
+        committed: () => committed,
+        /** Resolve once n transactions have committed (fails after ms, or if a writer failed). */
+        until: (n, ms = 60000) =>
+            waitFor(
+                async () => {
+                    if (stopped) await done; // rethrows a writer's error
+                    return committed >= n;
+                },
+                { timeoutMs: ms, what: `${n} bank transactions (${committed} so far)` },
+            ),
+        stop: async () => {
+            stopped = true;
+            await done;
+            return committed;
+        },
+    };
+}
+
+/**
+ * Replica R (a startReplica handle) holds exactly what the primary behind
+ * client c holds at Status st: applied txid, its own and the file's checksum
+ * (sqlq --checksum with the cookie delta), integrity_check = ok, and the same
+ * rows for each query in `queries` (run through Execute and through sqlq;
+ * integers must stay below 2^53). Resolves to the replica's /v1/status.
+ */
+export async function assertReplicaSame(c, R, st, queries, what = 'replica') {
+    const s = await replicaStatus(R);
+    assertStrict.equal(String(s.applied_txid), String(st.head_txid), `${what}: applied txid`);
+    assertStrict.equal(s.database_id, st.database_id, `${what}: database id`);
+    assertStrict.equal(s.checksum, st.checksum, `${what}: the replica's checksum vs the primary's Status`);
+    const sum = sqlqChecksum(R.replica, replicaCookieDelta(R.replica, s));
+    assertStrict.equal(sum.checksum, st.checksum, `${what}: sqlq --checksum of the replica file vs the primary's Status`);
+    assertStrict.equal(sum.db_pages, st.db_pages, `${what}: pages`);
+    assertStrict.deepEqual(sqlqRows(R.replica, 'PRAGMA integrity_check'), [['ok']], `${what}: integrity_check`);
+    for (const sql of queries) {
+        const primary = rowsOf(await exec1(c, sql)).map((r) => r.map((v) => (typeof v === 'bigint' ? Number(v) : Buffer.isBuffer(v) ? { blob: v.toString('hex') } : v)));
+        assertStrict.deepEqual(sqlqRows(R.replica, sql), primary, `${what}: ${sql}`);
+    }
+    return s;
+}
+
+/** The rows that make up the bank: for assertReplicaSame. */
+export const BANK_QUERIES = [
+    'SELECT id, balance FROM accounts ORDER BY id',
+    'SELECT id, seq FROM bank_meta ORDER BY id',
+    'SELECT id, length(data), hex(substr(data, 1, 64)), hex(substr(data, -64)) FROM pad ORDER BY id', // all of it: the checksum
+];

@@ -22,6 +22,7 @@
 
 #include "common/auth.h"
 #include "common/h2server.h"
+#include "common/http.h"
 #include "common/log.h"
 #include "common/tls.h"
 #include "tests/unit/harness.h"
@@ -1549,6 +1550,129 @@ TEST(bad_listen_address)
     CHECK(j.rv == -EINVAL);
 }
 
+/* ---- HTTP/1.1 on the same port --------------------------------------------------- */
+
+static void h1_on_request(void *arg, struct http_request *req)
+{
+    char body[256];
+
+    (void)arg;
+    snprintf(body, sizeof(body), "h1 %s %s", http_request_method(req), http_request_path(req));
+    http_respond(req, 200, "text/plain", body, strlen(body), NULL, 0);
+}
+
+struct h1_job {
+    struct http_server *http;
+    int rv;
+};
+
+static void h1_start_job(void *arg)
+{
+    struct h1_job *j = arg;
+    struct http_server_config cfg = {.on_request = h1_on_request};
+
+    j->rv = http_server_start(loop, &cfg, &j->http);
+}
+
+static void h1_free_job(void *arg)
+{
+    http_server_free(((struct h1_job *)arg)->http);
+}
+
+/* Read from fd until want shows up in what was read (or the timeout). */
+static int read_until(int fd, const char *want)
+{
+    char got[4096];
+    size_t len = 0;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+
+    for (int i = 0; i < TIMEOUT_MS / 10 && len < sizeof(got) - 1; i++) {
+        if (poll(&p, 1, 10) > 0) {
+            ssize_t n = read(fd, got + len, sizeof(got) - 1 - len);
+            if (n <= 0)
+                break;
+            len += (size_t)n;
+            got[len] = '\0';
+            if (strstr(got, want))
+                return 1;
+        }
+    }
+    return 0;
+}
+
+static int send_all(int fd, const void *p, size_t n)
+{
+    return send(fd, p, n, MSG_NOSIGNAL) == (ssize_t)n;
+}
+
+static int send_str(int fd, const char *s)
+{
+    return send_all(fd, s, strlen(s));
+}
+
+TEST(http1_requests_are_handed_over)
+{
+    static const char settings[] = "\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    struct h1_job h = {0};
+    struct srv_job *j = calloc(1, sizeof(*j));
+    uint8_t frame_hd[9];
+    int port, fd;
+
+    run_on_loop(h1_start_job, &h);
+    REQUIRE(h.rv == 0);
+    j->cfg = (struct h2server_config){.listen = "127.0.0.1:0",
+                                      .auth = test_auth,
+                                      .idle_timeout = 0.3,
+                                      .on_call = on_call,
+                                      .on_close = on_close,
+                                      .http1 = h.http};
+    run_on_loop(start_job, j);
+    REQUIRE(j->rv == 0);
+    port = h2server_port(j->srv);
+    /* HTTP/1.1 on the gRPC port, kept alive for a second request. */
+    fd = tcp_connect(port);
+    REQUIRE(send_str(fd, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n"));
+    CHECK(read_until(fd, "\r\n\r\nh1 GET /health"));
+    REQUIRE(send_str(fd, "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"));
+    CHECK(read_until(fd, "h1 POST /metrics"));
+    close(fd);
+    /* The request line in pieces: one byte tells. */
+    fd = tcp_connect(port);
+    REQUIRE(send_str(fd, "G"));
+    usleep(20000);
+    REQUIRE(send_str(fd, "ET /slow HTTP/1.1\r\nHost: x\r\n\r\n"));
+    CHECK(read_until(fd, "h1 GET /slow"));
+    close(fd);
+    /* HTTP/2 still works, also with its preface in pieces. */
+    CHECK(unary_ok(port, NULL, "h2 here"));
+    fd = tcp_connect(port);
+    REQUIRE(send_all(fd, NGHTTP2_CLIENT_MAGIC, 5));
+    usleep(20000);
+    REQUIRE(send_all(fd, NGHTTP2_CLIENT_MAGIC + 5, NGHTTP2_CLIENT_MAGIC_LEN - 5));
+    REQUIRE(send_all(fd, settings, 9));
+    CHECK(read(fd, frame_hd, 9) == 9 && frame_hd[3] == 0x04); /* the server's SETTINGS */
+    close(fd);
+    /* Neither HTTP/2 nor an HTTP/1.x request line: closed. */
+    fd = tcp_connect(port);
+    REQUIRE(send_str(fd, "\x16\x03\x01\x02\x00"));
+    CHECK(wait_server_closes(fd));
+    close(fd);
+    /* Nothing at all: closed after min(idle_timeout, 10 s). */
+    fd = tcp_connect(port);
+    CHECK(wait_server_closes(fd));
+    close(fd);
+    /* A connection that is still sniffing is closed by shutdown. */
+    fd = tcp_connect(port);
+    REQUIRE(send_str(fd, "PRI"));
+    usleep(20000);
+    run_on_loop(shutdown_job, j);
+    CHECK(wait_server_closes(fd));
+    close(fd);
+    CHECK(wait_until(no_conns, j));
+    server_free(j);
+    run_on_loop(h1_free_job, &h);
+}
+
 static void stop_job(void *arg)
 {
     (void)arg;
@@ -1601,6 +1725,7 @@ int main(void)
     RUN(shutdown_waits_for_open_calls);
     RUN(free_with_open_call_cancels_it);
     RUN(bad_listen_address);
+    RUN(http1_requests_are_handed_over);
 
     snprintf(tls_dir, sizeof(tls_dir), "/tmp/test_h2server_tls_XXXXXX");
     have_openssl = mkdtemp(tls_dir) && make_cert("server") && make_cert("client");
