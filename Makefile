@@ -180,9 +180,9 @@ format:
 format-check:
 	clang-format --dry-run -Werror $(FMT_SRC)
 
-bench: all $(BUILD)/bench/bench_capture
+bench: all $(BUILD)/bench/bench_capture $(BUILD)/bench/bench_replica
 	scripts/deps.sh bench
-	BENCH_BUILD=$(BUILD) tests/bench/run.sh
+	BOOMERANG_BIN=$(abspath $(BIN)) BENCH_BUILD=$(BUILD) tests/bench/run.sh
 
 clean:
 	rm -rf build build-asan build-ubsan build-fuzz bin

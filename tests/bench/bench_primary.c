@@ -1,17 +1,30 @@
-/* boomerang-bench-primary: closed-loop write load on Primary.Execute.
+/* boomerang-bench-primary: write load on Primary.Execute, closed or open loop.
  *
  *   flags ─▶ K h2clients (connections) ─▶ wait until all CONNECTED
  *         ─▶ [--setup: CREATE TABLE bench]
- *         ─▶ N workers, each: Execute ─▶ reply ─▶ record latency ─▶ Execute ...
+ *         ─▶ closed loop: N workers, each: Execute ─▶ reply ─▶ record ─▶ Execute ...
+ *            open loop (--rate R): call i is due at start + i/R; a timer issues
+ *            every due call, however many are still outstanding
  *         ─▶ stop at --duration or --count ─▶ report tx/s and latency percentiles
  *
- * Each worker keeps exactly one call outstanding, so N is the concurrency.
- * Workers are spread over the connections round-robin. Latency is measured
- * from just before the call is handed to the client to its callback, in
- * microseconds, into a log-linear histogram (16 sub-buckets per power of two,
- * so a reported percentile is within 1/16 of the true value). */
+ * Closed loop: each worker keeps exactly one call outstanding, so N is the
+ * concurrency; latency runs from just before the call is handed to the client
+ * to its callback. Workers are spread over the connections round-robin.
+ *
+ * Open loop: a closed loop stops issuing while the server stalls, so the
+ * stall shows up in one sample instead of in every call that should have
+ * been made meanwhile ("coordinated omission"). With --rate, calls are
+ * scheduled at fixed intervals and latency runs from the call's scheduled
+ * time, so time a call spent waiting to be issued counts too. The loop uses
+ * libev's select backend there: epoll's timeout has millisecond resolution
+ * and would issue each call up to 1 ms late (select takes microseconds; the
+ * few sockets here are far below FD_SETSIZE). late_max_us reports the
+ * largest delay between a call's schedule and its issue, to show that the
+ * generator itself kept up.
+ *
+ * Latency goes, in microseconds, into a log-linear histogram
+ * (tests/bench/hist.h: a reported percentile is within 1/16 of the truth). */
 #include <ev.h>
-#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,76 +37,17 @@
 #include "common/tls.h"
 #include "common/util.h"
 #include "proto/boomerang.pb-c.h"
+#include "tests/bench/hist.h"
 
 #define EXECUTE_PATH "/boomerang.v1.Primary/Execute"
 #define SETUP_SQL    "CREATE TABLE IF NOT EXISTS bench(id INTEGER PRIMARY KEY, v BLOB)"
 #define DEFAULT_SQL  "INSERT INTO bench(v) VALUES(randomblob(?))"
 
-/* ---- histogram ------------------------------------------------------------------*/
-
-#define HIST_SUB_BITS 4
-#define HIST_SUB      (1u << HIST_SUB_BITS)
-#define HIST_BUCKETS  (64 * HIST_SUB)
-
-struct hist {
-    uint64_t n;
-    uint64_t max;
-    uint64_t buckets[HIST_BUCKETS];
-};
-
-/* Values below HIST_SUB get a bucket each; above, each power of two is cut
- * into HIST_SUB equal parts. */
-static unsigned hist_index(uint64_t v)
-{
-    unsigned msb;
-
-    if (v < HIST_SUB)
-        return (unsigned)v;
-    msb = 63u - (unsigned)__builtin_clzll(v);
-    return (msb - HIST_SUB_BITS + 1) * HIST_SUB +
-           (unsigned)((v >> (msb - HIST_SUB_BITS)) & (HIST_SUB - 1));
-}
-
-/* The largest value that lands in bucket i. */
-static uint64_t hist_upper(unsigned i)
-{
-    unsigned shift;
-
-    if (i < HIST_SUB)
-        return i;
-    shift = i / HIST_SUB - 1;
-    return (((uint64_t)HIST_SUB + i % HIST_SUB + 1) << shift) - 1;
-}
-
-static void hist_add(struct hist *h, uint64_t v)
-{
-    h->buckets[hist_index(v)]++;
-    h->n++;
-    h->max = MAX(h->max, v);
-}
-
-/* The value at quantile q (0 < q <= 1): the upper bound of its bucket, but
- * never more than the largest value seen. */
-static uint64_t hist_quantile(const struct hist *h, double q)
-{
-    uint64_t want = (uint64_t)ceil(q * (double)h->n), seen = 0;
-
-    if (h->n == 0)
-        return 0;
-    want = MAX(want, 1);
-    for (unsigned i = 0; i < HIST_BUCKETS; i++) {
-        seen += h->buckets[i];
-        if (seen >= want)
-            return MIN(hist_upper(i), h->max);
-    }
-    return h->max;
-}
-
 /* ---- flags ---------------------------------------------------------------------------*/
 
 static struct {
     const char *url, *sql, *database, *tls_ca, *auth_token_file, *log_level;
-    int64_t clients, conns, duration, count, row_bytes, timeout;
+    int64_t clients, conns, duration, count, row_bytes, timeout, rate;
     int setup, json;
 } conf = {
     .url = "http://127.0.0.1:5001",
@@ -110,7 +64,10 @@ static const struct opt opts[] = {
     {"url", "BOOMERANG_BENCH_URL", OPT_STRING, &conf.url, "URL",
      "primary, http://host:port or https://host:port (default http://127.0.0.1:5001)"},
     {"clients", "BOOMERANG_BENCH_CLIENTS", OPT_INT, &conf.clients, "N",
-     "concurrent calls, each issuing the next when it returns (default 1)"},
+     "concurrent calls, each issuing the next when it returns (default 1; not with --rate)"},
+    {"rate", "BOOMERANG_BENCH_RATE", OPT_INT, &conf.rate, "R",
+     "open loop: issue R calls per second at fixed intervals, whatever is outstanding, and "
+     "measure latency from each call's scheduled time"},
     {"conns", "BOOMERANG_BENCH_CONNS", OPT_INT, &conf.conns, "K",
      "HTTP/2 connections the clients are spread over (default 1)"},
     {"duration", "BOOMERANG_BENCH_DURATION", OPT_INT, &conf.duration, "S",
@@ -138,10 +95,15 @@ static const struct opt opts[] = {
 
 /* ---- the run ---------------------------------------------------------------------------*/
 
+/* Open loop: calls in flight above this wait (from their scheduled time, so
+ * the wait is measured) until one returns; it only bounds memory. */
+#define RATE_MAX_INFLIGHT 65536
+
+/* Closed loop: one per client, reused. Open loop: one per call in flight. */
 struct worker {
     struct bench *b;
     struct h2client *client;
-    int64_t t0;
+    int64_t t0; /* issue time (closed loop) or scheduled time (open loop) */
 };
 
 struct bench {
@@ -154,8 +116,10 @@ struct bench {
     int active; /* workers with a call outstanding */
     uint64_t issued, ok, errors;
     int64_t start_us, end_us;
+    int64_t late_max_us; /* open loop: the latest a call was issued after its schedule */
     struct hist hist;
     ev_timer stop_timer;
+    ev_timer tick; /* open loop: the next due call */
     char first_error[256];
 };
 
@@ -183,6 +147,12 @@ static int check_reply(struct bench *b, const uint8_t *reply, size_t len)
 }
 
 static void worker_issue(struct worker *w);
+static void rate_schedule(struct bench *b);
+
+static int count_reached(const struct bench *b)
+{
+    return conf.count > 0 && b->issued >= (uint64_t)conf.count;
+}
 
 static void worker_done_cb(void *arg, enum grpc_status status, const char *message,
                            const uint8_t *reply, size_t len)
@@ -203,7 +173,13 @@ static void worker_done_cb(void *arg, enum grpc_status status, const char *messa
     } else {
         b->ok++;
     }
-    if (!b->stopping && (conf.count == 0 || b->issued < (uint64_t)conf.count)) {
+    if (conf.rate > 0) {
+        free(w);
+        b->active--;
+        rate_schedule(b);
+        return;
+    }
+    if (!b->stopping && !count_reached(b)) {
         worker_issue(w);
         return;
     }
@@ -228,6 +204,56 @@ static void bench_stop_cb(struct ev_loop *loop, ev_timer *t, int revents)
     (void)loop;
     (void)revents;
     b->stopping = 1; /* the calls in flight still finish and count */
+    if (conf.rate > 0)
+        rate_schedule(b);
+}
+
+/* ---- open loop ------------------------------------------------------------------------*/
+
+/* When call i is due, on the mono_us() clock. Computed from the start, not
+ * from the previous call, so timer lateness never accumulates into drift. */
+static int64_t rate_due(const struct bench *b, uint64_t i)
+{
+    return b->start_us + (int64_t)((double)i * 1e6 / (double)conf.rate);
+}
+
+/* Issue every call that is due, then arm the timer for the next one; once
+ * stopping (or at --count), break the loop when the last call returns. */
+static void rate_schedule(struct bench *b)
+{
+    int64_t now = mono_us();
+
+    while (!b->stopping && !count_reached(b) && b->active < RATE_MAX_INFLIGHT &&
+           rate_due(b, b->issued) <= now) {
+        struct worker *w = xcalloc(1, sizeof(*w));
+
+        w->b = b;
+        w->client = b->conns[b->issued % (uint64_t)conf.conns];
+        w->t0 = rate_due(b, b->issued);
+        b->late_max_us = MAX(b->late_max_us, now - w->t0);
+        b->issued++;
+        b->active++;
+        h2client_unary(w->client, EXECUTE_PATH, b->req, b->req_len, (double)conf.timeout,
+                       worker_done_cb, w);
+    }
+    ev_timer_stop(b->loop, &b->tick);
+    if (b->stopping || count_reached(b)) {
+        if (b->active == 0)
+            ev_break(b->loop, EVBREAK_ONE);
+        return;
+    }
+    if (b->active >= RATE_MAX_INFLIGHT)
+        return;             /* the next reply calls us again */
+    ev_now_update(b->loop); /* the timer counts from the loop's cached time */
+    ev_timer_set(&b->tick, (double)MAX(rate_due(b, b->issued) - mono_us(), 0) / 1e6, 0.);
+    ev_timer_start(b->loop, &b->tick);
+}
+
+static void rate_tick_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    rate_schedule(container_of(t, struct bench, tick));
 }
 
 /* Pack one ExecuteRequest with sql and, if it has a '?', row_bytes bound. */
@@ -336,9 +362,17 @@ static void bench_run(struct bench *b)
     b->req = pack_request(conf.sql, conf.row_bytes, &b->req_len);
     b->workers = xcalloc((size_t)conf.clients, sizeof(*b->workers));
     ev_timer_init(&b->stop_timer, bench_stop_cb, (double)conf.duration, 0.);
+    ev_init(&b->tick, rate_tick_cb);
     b->start_us = b->end_us = mono_us();
     if (conf.duration > 0)
         ev_timer_start(b->loop, &b->stop_timer);
+    if (conf.rate > 0) {
+        rate_schedule(b);
+        ev_run(b->loop, 0);
+        ev_timer_stop(b->loop, &b->tick);
+        ev_timer_stop(b->loop, &b->stop_timer);
+        return;
+    }
     for (int64_t i = 0; i < conf.clients; i++) {
         struct worker *w = &b->workers[i];
         w->b = b;
@@ -360,17 +394,24 @@ static void bench_report(const struct bench *b)
     const struct hist *h = &b->hist;
 
     if (conf.json) {
-        printf("{\"clients\":%lld,\"conns\":%lld,\"row_bytes\":%lld,\"seconds\":%.3f,"
-               "\"ok\":%llu,\"errors\":%llu,\"tps\":%.1f,\"p50_us\":%llu,\"p90_us\":%llu,"
-               "\"p99_us\":%llu,\"max_us\":%llu}\n",
-               (long long)conf.clients, (long long)conf.conns, (long long)conf.row_bytes, secs,
-               (unsigned long long)b->ok, (unsigned long long)b->errors, tps,
-               (unsigned long long)hist_quantile(h, 0.50),
+        printf("{\"clients\":%lld,\"conns\":%lld,\"rate\":%lld,\"row_bytes\":%lld,"
+               "\"seconds\":%.3f,\"ok\":%llu,\"errors\":%llu,\"tps\":%.1f,\"p50_us\":%llu,"
+               "\"p90_us\":%llu,\"p99_us\":%llu,\"max_us\":%llu,\"late_max_us\":%lld}\n",
+               (long long)conf.clients, (long long)conf.conns, (long long)conf.rate,
+               (long long)conf.row_bytes, secs, (unsigned long long)b->ok,
+               (unsigned long long)b->errors, tps, (unsigned long long)hist_quantile(h, 0.50),
                (unsigned long long)hist_quantile(h, 0.90),
-               (unsigned long long)hist_quantile(h, 0.99), (unsigned long long)h->max);
+               (unsigned long long)hist_quantile(h, 0.99), (unsigned long long)h->max,
+               (long long)b->late_max_us);
     } else {
-        printf("boomerang-bench-primary: %lld clients on %lld connection(s), %.2f s\n",
-               (long long)conf.clients, (long long)conf.conns, secs);
+        if (conf.rate > 0)
+            printf("boomerang-bench-primary: open loop at %lld calls/s on %lld connection(s), "
+                   "%.2f s (latency from each call's scheduled time; issued at most %lld us "
+                   "late)\n",
+                   (long long)conf.rate, (long long)conf.conns, secs, (long long)b->late_max_us);
+        else
+            printf("boomerang-bench-primary: %lld clients on %lld connection(s), %.2f s\n",
+                   (long long)conf.clients, (long long)conf.conns, secs);
         printf("  transactions: %llu ok, %llu errors, %.1f tx/s\n", (unsigned long long)b->ok,
                (unsigned long long)b->errors, tps);
         printf("  latency (us): p50 %llu  p90 %llu  p99 %llu  max %llu\n",
@@ -411,6 +452,11 @@ static int check_flags(void)
                         "(--conns <= 1024)\n");
         return -1;
     }
+    if (conf.rate < 0 || conf.rate > 10000000 || (conf.rate > 0 && conf.conns > 64)) {
+        fprintf(stderr, "boomerang-bench-primary: --rate must be 1..10000000, with --conns <= 64 "
+                        "(the select backend)\n");
+        return -1;
+    }
     if (conf.duration == 0 && conf.count == 0 && !conf.setup)
         conf.duration = 10;
     return 0;
@@ -445,9 +491,9 @@ int main(int argc, char **argv)
     int rc = 2;
 
     log_set_program("boomerang-bench-primary");
-    int prc =
-        opt_parse("boomerang-bench-primary", "Closed-loop write load on a primary's Execute RPC.",
-                  opts, (int)ARRAY_LEN(opts), argc, argv);
+    int prc = opt_parse("boomerang-bench-primary",
+                        "Write load on a primary's Execute RPC, closed or open loop.", opts,
+                        (int)ARRAY_LEN(opts), argc, argv);
     if (prc != 0)
         return prc > 0 ? 0 : 2;
     if (check_flags() < 0)
@@ -457,7 +503,12 @@ int main(int argc, char **argv)
         return 2;
     if (conf.auth_token_file && !(token = read_token(conf.auth_token_file)))
         goto out;
-    b.loop = ev_default_loop(0);
+    /* Open loop: select times out in microseconds, epoll in milliseconds. */
+    b.loop = ev_default_loop(conf.rate > 0 ? EVBACKEND_SELECT : 0);
+    if (!b.loop) {
+        fprintf(stderr, "boomerang-bench-primary: no event loop backend\n");
+        goto out;
+    }
     if (bench_connect(&b, tls, token) < 0)
         goto out;
     if (conf.setup && bench_setup(&b) < 0)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # boomerang: `make bench`. Measures the primary's write throughput and latency
-# with group commit on and off.
+# with group commit on and off, the cost of capture, and then (through
+# tests/bench/replication.sh) replication lag, fan-out, apply throughput and
+# catch-up.
 #
 # For each mode it starts bin/boomerang-primary on a fresh database in a temp
 # dir (ephemeral loopback port, parsed from its "listening on HOST:PORT" log
@@ -10,7 +12,8 @@
 # throughput ratio at the highest client count. Every step is bounded in time.
 #
 # Environment: BOOMERANG_BIN (default ./bin), BENCH_SECONDS (5), BENCH_RUNS (3),
-# BENCH_CLIENTS ("1 16 64"), BENCH_ROW_BYTES (100).
+# BENCH_CLIENTS ("1 16 64"), BENCH_ROW_BYTES (100), BENCH_REPLICATION (1; 0
+# skips the replication part; its own variables are in replication.sh).
 set -u
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -65,7 +68,7 @@ start_primary() {
     pid=$!
     port=""
     for _ in $(seq 100); do
-        port=$(sed -n 's/.*listening on [^ ]*:\([0-9][0-9]*\).*/\1/p' "$log" | head -1)
+        port=$(sed -n 's/.*listening on [^ ]*:\([0-9][0-9]*\) (h2c).*/\1/p' "$log" | head -1)
         [ -n "$port" ] && return 0
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
@@ -150,5 +153,12 @@ if [ -x "$capture_bench" ]; then
         timeout 300 "$capture_bench" "$shm" 3000 || failed=1
         rm -rf "$shm"
     fi
+fi
+
+# Replication: lag, fan-out, apply throughput, catch-up (its own driver; it
+# reads the same environment). BENCH_REPLICATION=0 skips it.
+if [ "${BENCH_REPLICATION:-1}" = 1 ]; then
+    echo
+    timeout 3600 "$root/tests/bench/replication.sh" || failed=1
 fi
 exit $failed
