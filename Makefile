@@ -155,7 +155,7 @@ FUZZ_TIME  ?= 30
 fuzz:
 	scripts/deps.sh dev
 	$(MAKE) CC=clang BUILD=build-fuzz BIN=build-fuzz/bin OPT="-O1 -g" \
-		SAN="-fsanitize=address,undefined" WARN="-Wall -Werror" $(FUZZ_BIN)
+		SAN="-fsanitize=address,undefined,fuzzer-no-link" WARN="-Wall -Werror" $(FUZZ_BIN)
 	@for f in $(FUZZ_BIN); do n=$$(basename $$f); mkdir -p tests/fuzz/corpus/$$n; \
 		echo "fuzz: $$n for $(FUZZ_TIME)s"; \
 		$$f -max_total_time=$(FUZZ_TIME) -close_fd_mask=2 -print_final_stats=1 -artifact_prefix=build-fuzz/ \

@@ -481,15 +481,11 @@ static int dispatch(struct follow *f, const Boomerang__V1__ReplicationEvent *ev)
     }
 }
 
-static void on_event_cb(void *arg, const uint8_t *msg, size_t len)
+static void handle_event(struct follow *f, const uint8_t *msg, size_t len)
 {
-    struct follow_call *c = arg;
-    struct follow *f = c->f;
     Boomerang__V1__ReplicationEvent *ev;
     int rc;
 
-    if (!f)
-        return;
     f->events++;
     ev = boomerang__v1__replication_event__unpack(NULL, len, msg);
     if (!ev) {
@@ -501,6 +497,20 @@ static void on_event_cb(void *arg, const uint8_t *msg, size_t len)
     f->last_event_mono = mono_us();
     if (rc != 0)
         event_failed(f, rc);
+}
+
+static void on_event_cb(void *arg, const uint8_t *msg, size_t len)
+{
+    struct follow_call *c = arg;
+
+    if (c->f)
+        handle_event(c->f, msg, len);
+}
+
+void follow_feed(struct follow *f, const uint8_t *msg, size_t len)
+{
+    if (f->call) /* only while a subscription is open, as on the wire */
+        handle_event(f, msg, len);
 }
 
 static void on_end_cb(void *arg, enum grpc_status status, const char *message)

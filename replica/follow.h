@@ -122,6 +122,10 @@ struct follow_status {
 int MUST_CHECK follow_start(struct ev_loop *loop, const struct follow_config *cfg,
                             struct follow **out);
 
+/* For tests and fuzzing: handle one serialized ReplicationEvent as if it had
+ * arrived on the open subscription (ignored when none is open). */
+void follow_feed(struct follow *f, const uint8_t *msg, size_t len);
+
 /* Stop: cancel the stream, roll back a transaction or snapshot that was
  * being received (apply_abort), end every waiter with WAITER_CLOSED, stop the
  * timers and free. The client and the apply stay the caller's (close the
