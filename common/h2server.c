@@ -1004,7 +1004,9 @@ static void conn_start_protocol(struct conn *c, const uint8_t *pre, size_t n)
     if (c->srv->shutting_down)
         conn_goaway(c);
     if (n > 0) {
+        c->in_session = 1; /* on_call may run in here: h2call_flush must not re-enter */
         ssize_t rv = nghttp2_session_mem_recv(c->sess, pre, n);
+        c->in_session = 0;
         if (rv < 0) {
             log_debug("%s: http2 receive failed: %s", c->name, nghttp2_strerror((int)rv));
             (void)conn_send(c); /* best effort: the GOAWAY nghttp2 queued */
