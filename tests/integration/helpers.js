@@ -935,3 +935,27 @@ export const BANK_QUERIES = [
     'SELECT id, seq FROM bank_meta ORDER BY id',
     'SELECT id, length(data), hex(substr(data, 1, 64)), hex(substr(data, -64)) FROM pad ORDER BY id', // all of it: the checksum
 ];
+
+/**
+ * Stop the bank readers that ran while replica R took a snapshot and check
+ * what every such test requires: no reader saw a violation or an error, and
+ * together they read at least minDuring times while the snapshot was being
+ * applied (between its "snapshot begins" and "snapshot applied" log lines).
+ * Returns the readers' summaries, in order, for test-specific checks.
+ */
+export async function finishReadersAcrossSnapshot(t, R, readers, minDuring) {
+    const begun = logTimeUs(R, /snapshot begins/);
+    const applied = logTimeUs(R, /snapshot applied: txid/);
+    assertStrict.ok(begun && applied, `the replica logs its snapshot\n${R.tail()}`);
+    const sums = [];
+    for (const h of readers.splice(0)) sums.push(await finishBankcheck(h));
+    const during = sums.map((r) => bankChecksBetween(r, begun, applied));
+    t.diagnostic(`snapshot applied in ${((applied - begun) / 1000).toFixed(1)} ms; checks by each reader meanwhile: ${during.join(', ')}`);
+    assertStrict.ok(during.reduce((a, b) => a + b, 0) >= minDuring, `reads while the snapshot was applied: ${during.join(', ')}`);
+    for (const [i, r] of sums.entries()) {
+        t.diagnostic(`reader ${i}: ${JSON.stringify({ ...r, timeline: undefined })}`);
+        assertStrict.equal(r.violations, 0, `reader ${i}: violations: ${r.problems.join('; ')}`);
+        assertStrict.equal(r.errors, 0, `reader ${i}: errors: ${r.problems.join('; ')}`);
+    }
+    return sums;
+}

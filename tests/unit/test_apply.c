@@ -26,6 +26,7 @@
 #include "common/log.h"
 #include "common/pagesum.h"
 #include "harness.h"
+#include "sqlhelp.h"
 #include "primary/capture.h"
 #include "primary/replog.h"
 #include "replica/apply.h"
@@ -39,39 +40,6 @@ static char tmpdir[] = "/tmp/test_apply.XXXXXX";
 static char apath[128], bpath[128], cpath[128], rpath[128], pos_path[192];
 static uint8_t pagebuf[65536];
 static unsigned seed;
-
-static int exec(sqlite3 *db, const char *sql)
-{
-    char *err = NULL;
-    int rc = sqlite3_exec(db, sql, NULL, NULL, &err);
-
-    if (rc != SQLITE_OK)
-        fprintf(stderr, "  exec [%.60s]: %s\n", sql, err ? err : "?");
-    sqlite3_free(err);
-    return rc;
-}
-
-static int64_t query(sqlite3 *db, const char *sql)
-{
-    sqlite3_stmt *st;
-    int64_t v = -1;
-
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
-        return -1;
-    if (sqlite3_step(st) == SQLITE_ROW)
-        v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return v;
-}
-
-/* Run a shell command built like printf; abort if it fails. */
-#define SH(...)                                                                                    \
-    do {                                                                                           \
-        char cmd_[1024];                                                                           \
-        snprintf(cmd_, sizeof(cmd_), __VA_ARGS__);                                                 \
-        if (system(cmd_) != 0)                                                                     \
-            abort();                                                                               \
-    } while (0)
 
 static void wipe(const char *path)
 {

@@ -13,6 +13,7 @@
 
 #include "common/pagesum.h"
 #include "harness.h"
+#include "sqlhelp.h"
 #include "primary/walcap.h"
 
 /* Rows 1..n of a table c(n), for INSERT ... SELECT. */
@@ -24,30 +25,6 @@ static char tmpdir[] = "/tmp/test_walcap.XXXXXX";
 static void path(char *out, size_t n, const char *name)
 {
     snprintf(out, n, "%s/%s", tmpdir, name);
-}
-
-static int exec(sqlite3 *db, const char *sql)
-{
-    char *err = NULL;
-    int rc = sqlite3_exec(db, sql, NULL, NULL, &err);
-
-    if (rc != SQLITE_OK)
-        fprintf(stderr, "  exec [%.60s]: %s\n", sql, err ? err : "?");
-    sqlite3_free(err);
-    return rc;
-}
-
-static int64_t query(sqlite3 *db, const char *sql)
-{
-    sqlite3_stmt *st;
-    int64_t v = -1;
-
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
-        return -1;
-    if (sqlite3_step(st) == SQLITE_ROW)
-        v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return v;
 }
 
 /* First column of the first row as text, in a static buffer. */
