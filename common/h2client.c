@@ -46,7 +46,7 @@
 #define DEFAULT_CONNECT_S   5.0
 #define DEFAULT_BACKOFF_S   0.05
 #define DEFAULT_BACKOFF_MAX 2.0
-#define READ_CHUNK          16384
+#define READ_CHUNK          65536      /* a stack buffer: fewer read() calls while catching up */
 #define READ_BUDGET         (1u << 20) /* bytes per read callback, then yield to the loop */
 #define OUT_CHUNK           65536      /* pull frames from nghttp2 up to this much */
 #define STABLE_CONN_US      1000000    /* a connection up this long resets the backoff */
@@ -127,7 +127,15 @@ struct call {
     int grpc_status;
     char *grpc_message; /* decoded grpc-message from the server */
     struct grpc_decoder dec;
-    struct buf inbox;        /* complete messages, each as be32 length + bytes */
+    /* Complete messages not handed out yet, oldest first: `first` (when
+     * has_first), then `inbox`. A message that completes while both are empty
+     * (nearly always: they are emptied after every read) becomes `first` by
+     * swapping buffers with the decoder, not by a copy: a transaction of a
+     * few hundred pages is then copied once, from the read buffer into the
+     * decoder, on its way to on_message. Later ones are copied into inbox. */
+    struct buf first;
+    int has_first;
+    struct buf inbox;        /* the rest, each as be32 length + bytes */
     enum grpc_status status; /* outcome, once DONE */
     char *message;           /* outcome's message, once DONE (may be NULL) */
     h2client_reply_cb on_reply;
@@ -291,6 +299,7 @@ static void call_free(struct call *call)
     list_del(&call->ready);
     free(call->path);
     buf_free(&call->req);
+    buf_free(&call->first);
     buf_free(&call->inbox);
     grpc_decoder_free(&call->dec);
     free(call->grpc_message);
@@ -309,6 +318,38 @@ static struct call *call_find(struct link *head, uint64_t id)
     return NULL;
 }
 
+/* ---- the inbox (see struct call) -------------------------------------------*/
+
+static int inbox_has(const struct call *call)
+{
+    return call->has_first || buf_avail(&call->inbox) > 0;
+}
+
+/* Take the oldest message. Its bytes stay valid until the next message is
+ * queued: `first` is emptied only by the swap in call_take_message, and the
+ * inbox only moves its offsets. */
+static void inbox_take(struct call *call, const uint8_t **p, uint32_t *n)
+{
+    assert(inbox_has(call));
+    if (call->has_first) {
+        call->has_first = 0;
+        *p = buf_head(&call->first);
+        *n = (uint32_t)buf_avail(&call->first);
+        buf_reset(&call->first); /* offsets only: the bytes stay */
+        return;
+    }
+    *p = buf_head(&call->inbox) + 4;
+    *n = get_be32(buf_head(&call->inbox));
+    buf_consume(&call->inbox, 4 + (size_t)*n);
+}
+
+static void inbox_drop(struct call *call)
+{
+    call->has_first = 0;
+    buf_reset(&call->first);
+    buf_reset(&call->inbox);
+}
+
 /* Record the outcome and queue the callback. A local end (deadline, cancel,
  * free, bad response) drops messages not handed out yet. */
 static void call_finish(struct call *call, enum grpc_status status, const char *message, int local)
@@ -320,7 +361,7 @@ static void call_finish(struct call *call, enum grpc_status status, const char *
     list_del(&call->link);
     if (local) {
         list_del(&call->ready);
-        buf_reset(&call->inbox);
+        inbox_drop(call);
     }
     call->state = CALL_DONE;
     call->stream_id = 0;
@@ -414,23 +455,30 @@ static void call_end_by_server(struct call *call, uint32_t error_code)
         call_finish(call, http_status(call->http_status), why, 0);
     } else if (!call->has_grpc_status) {
         call_finish(call, GRPC_INTERNAL, "response without grpc-status", 0);
-    } else if (call->grpc_status == GRPC_OK && call->kind == CALL_UNARY &&
-               buf_avail(&call->inbox) == 0) {
+    } else if (call->grpc_status == GRPC_OK && call->kind == CALL_UNARY && !inbox_has(call)) {
         call_finish(call, GRPC_INTERNAL, "unary response without a message", 0);
     } else {
         call_finish(call, (enum grpc_status)call->grpc_status, call->grpc_message, 0);
     }
 }
 
-/* A whole message is in the decoder: queue it in the inbox. */
+/* A whole message is in the decoder: queue it (see struct call). */
 static void call_take_message(struct call *call)
 {
-    const struct buf *m = &call->dec.msg;
+    struct buf *m = &call->dec.msg;
     uint8_t len[4];
 
-    put_be32(len, (uint32_t)buf_avail(m));
-    buf_append(&call->inbox, len, sizeof(len));
-    buf_append(&call->inbox, buf_head(m), buf_avail(m));
+    if (!call->has_first && buf_avail(&call->inbox) == 0) {
+        struct buf spare = call->first; /* emptied when it was handed out */
+
+        call->first = *m;
+        *m = spare;
+        call->has_first = 1;
+    } else {
+        put_be32(len, (uint32_t)buf_avail(m));
+        buf_append(&call->inbox, len, sizeof(len));
+        buf_append(&call->inbox, buf_head(m), buf_avail(m));
+    }
     grpc_decoder_next(&call->dec);
     if (call->kind == CALL_STREAM && list_empty(&call->ready))
         list_push(&call->c->ready, &call->ready);
@@ -460,7 +508,7 @@ static void call_feed(struct call *call, const uint8_t *data, size_t len)
         }
         if (rv == 0)
             return;
-        if (call->kind == CALL_UNARY && buf_avail(&call->inbox) > 0) {
+        if (call->kind == CALL_UNARY && inbox_has(call)) {
             call_reject(call, GRPC_INTERNAL, "unary response with more than one message");
             return;
         }
@@ -592,16 +640,15 @@ static void deliver_messages(struct h2client *c)
         const uint8_t *p;
         uint32_t n;
 
-        if (buf_avail(&call->inbox) == 0) {
+        if (!inbox_has(call)) {
             list_del(&call->ready);
             continue;
         }
-        p = buf_head(&call->inbox);
-        n = get_be32(p);
-        /* Consuming only moves offsets: p stays valid until the inbox grows,
-         * which needs nghttp2, which does not run during the callback. */
-        buf_consume(&call->inbox, 4 + (size_t)n);
-        call->on_message(call->arg, p + 4, n);
+        /* Taking a message only moves offsets: p stays valid until a message
+         * is queued, which needs nghttp2, which does not run during the
+         * callback. */
+        inbox_take(call, &p, &n);
+        call->on_message(call->arg, p, n);
     }
 }
 
@@ -612,8 +659,10 @@ static void call_complete(struct call *call)
     if (call->kind == CALL_STREAM) {
         call->on_end(call->arg, call->status, call->message);
     } else if (call->status == GRPC_OK) {
-        p = buf_head(&call->inbox);
-        call->on_reply(call->arg, GRPC_OK, call->message, p + 4, get_be32(p));
+        uint32_t n;
+
+        inbox_take(call, &p, &n); /* call_end_by_server saw one */
+        call->on_reply(call->arg, GRPC_OK, call->message, p, n);
     } else {
         call->on_reply(call->arg, call->status, call->message, NULL, 0);
     }
@@ -1515,7 +1564,7 @@ static void client_destroy(struct h2client *c)
         struct call *call = container_of(c->done.next, struct call, link);
         if (call->kind == CALL_STREAM) { /* no on_message after the free */
             list_del(&call->ready);
-            buf_reset(&call->inbox);
+            inbox_drop(call);
         }
         list_del(&call->link);
         call_complete(call);

@@ -17,6 +17,9 @@
  *    resend.
  *  - wal_autocheckpoint=0 and our own wal_hook: PASSIVE checkpoints every
  *    checkpoint_pages frames, which never wait for and never block readers.
+ *  - the connection's VFS is our thin layer over the default one, which turns
+ *    SQLite's many small writes to the WAL and the database into a few large
+ *    ones (see "the write-combining VFS" below).
  *
  * Never parse. sqlite_dbpage replaces page images under the b-tree layer, and
  * the b-tree's parsed copy of a cached page (cell count, offsets) then goes
@@ -75,6 +78,7 @@
  * replacement. */
 #include "replica/apply.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -112,8 +116,11 @@ struct apply_undo {
     uint64_t hash;
 };
 
+struct apply_vfs;
+
 struct apply {
     sqlite3 *db;
+    struct apply_vfs *vfs; /* the write-combining VFS of db */
     sqlite3_stmt *ins, *begin, *commit;
     char *path, *state_dir, *pos_path;
     int lock_fd, pos_fd;
@@ -199,6 +206,405 @@ static int apply_query(struct apply *a, const char *sql, char *text, size_t cap,
         return 0;
     log_error("apply: %s failed: %s", sql, sqlite3_errmsg(a->db));
     return APPLY_ERR_SQLITE;
+}
+
+/* --- the write-combining VFS --------------------------------------------------------- *
+ *
+ * SQLite appends a WAL frame with two pwrite()s, its 24-byte header and its
+ * page, and a checkpoint copies each page into the database with one more;
+ * on ext4 such small writes cost far more than their bytes (a page cache
+ * lookup and a block reservation per call, per page touched): applying a
+ * catch-up spent most of its CPU in them. So the applier's connection runs
+ * on a thin VFS over the default one that gathers writes to the replica's
+ * WAL and database files which follow each other in a buffer, and writes it
+ * out in large pieces when
+ *  - WAL: the page of a commit frame (a frame header whose "database size"
+ *    field is not 0) has been added, so every commit reaches the file inside
+ *    the xWrite that completes it, and an error reaches SQLite there, as it
+ *    would without the buffer;
+ *  - a write does not follow the buffered bytes, or the buffer is full;
+ *  - any other call is made on the file (read, sync, size, truncate, lock,
+ *    file control, close): SQLite never sees a file that lacks a write it made;
+ *  - database: at SQLITE_FCNTL_CKPT_DONE, which a checkpoint sends after its
+ *    last page and before it records in the WAL index (nBackfill) that readers
+ *    may take those pages from the database;
+ *  - every file: at xShmBarrier, which comes before SQLite publishes a new WAL
+ *    index header, and at xShmUnmap (a safety net: the commit frame was
+ *    written out already).
+ * The writes reach each file in the order SQLite made them, and each one
+ * before anything that tells another connection or process to read it, so
+ * readers and crash recovery see what they would see without the buffer at
+ * some earlier instant. SQLite ignores the result of the last three calls,
+ * so a write that fails there (the database growing into a full disk during
+ * a checkpoint; an I/O error) stops the process, as a kill -9 at that
+ * instant would, which the replica recovers from (apply.h), rather than let
+ * SQLite record pages that are not in the file. The database file is only
+ * written by checkpoints, so between them its buffer is empty. */
+
+#define VFS_BUF       (256 * 1024)
+#define VFS_WRITE_MAX (64 * 1024)
+#define VFS_READ      (64 * 1024)
+#define VFS_WRITEBACK (1024 * 1024)
+#define VFS_FRAME_HDR 24 /* a WAL frame header: pgno, commit size, salts, checksums */
+
+struct vfs_file {
+    sqlite3_file base;  /* methods: vfs_io */
+    sqlite3_file *real; /* the default VFS's file, allocated right after this struct */
+    struct apply_vfs *vfs;
+    struct vfs_file *next; /* on vfs->files while buffered */
+    const char *name;      /* buffered files: for the log (SQLite keeps it while open) */
+    int wal;               /* the replica's WAL */
+    int wb_fd;             /* WAL: our own descriptor, to start writeback early */
+    size_t wb_pending;     /* WAL: bytes written since writeback was last started */
+    uint8_t *buf;          /* NULL for files passed through */
+    size_t len;            /* bytes in buf */
+    sqlite3_int64 off;     /* file offset of buf[0] */
+    int commit_next;       /* WAL: the last write was a commit frame's header */
+    uint8_t *rbuf;         /* WAL: read ahead (VFS_READ bytes) */
+    size_t rlen;           /* bytes valid in rbuf, 0 if none */
+    sqlite3_int64 roff;    /* file offset of rbuf[0] */
+};
+
+struct apply_vfs {
+    sqlite3_vfs base; /* a copy of the default VFS with our xOpen */
+    sqlite3_vfs *real;
+    struct vfs_file *files;
+    char name[48];
+};
+
+/* The default VFS's file sits after ours, aligned. */
+#define VFS_FILE_SIZE ((sizeof(struct vfs_file) + 15) & ~(size_t)15)
+#define REAL(f)       (((struct vfs_file *)(f))->real)
+
+/* With synchronous=NORMAL, WAL pages stay dirty until a checkpoint's fsync
+ * writes them all at once, while the apply loop waits. Starting their
+ * writeback every VFS_WRITEBACK bytes (sync_file_range, which does not wait
+ * for it, and neither makes nor promises anything durable) leaves that fsync
+ * little to do. Our own descriptor is safe to close: SQLite takes no POSIX
+ * locks on the WAL file, only on the database and the -shm file. */
+static void vfs_writeback(struct vfs_file *f, size_t n)
+{
+    f->wb_pending += n;
+    if (f->wb_fd < 0 || f->wb_pending < VFS_WRITEBACK)
+        return;
+    f->wb_pending = 0;
+    (void)sync_file_range(f->wb_fd, 0, 0, SYNC_FILE_RANGE_WRITE); /* a hint */
+}
+
+/* Write the buffer out, in pieces the unix VFS takes whole (it writes at
+ * most 128 KiB - 1 bytes per pwrite). */
+static int vfs_flush(struct vfs_file *f)
+{
+    int rc = SQLITE_OK;
+
+    for (size_t done = 0; done < f->len && rc == SQLITE_OK; done += VFS_WRITE_MAX) {
+        size_t n = MIN(f->len - done, (size_t)VFS_WRITE_MAX);
+
+        rc =
+            f->real->pMethods->xWrite(f->real, f->buf + done, (int)n, f->off + (sqlite3_int64)done);
+    }
+    if (rc == SQLITE_OK)
+        vfs_writeback(f, f->len);
+    f->len = 0;
+    return rc;
+}
+
+/* Flush where SQLite cannot be told of an error (see above). */
+static void vfs_flush_or_die(struct vfs_file *f)
+{
+    int rc = vfs_flush(f);
+
+    if (rc == SQLITE_OK)
+        return;
+    log_error("apply: write %s failed: %s; stopping so that SQLite records nothing that "
+              "is not in the file: the replica recovers when it starts again",
+              f->name ? f->name : "replica file", sqlite3_errstr(rc));
+    abort();
+}
+
+/* At a shared-memory call: flush every file, forget what was read ahead. */
+static void vfs_shm_event(struct apply_vfs *v)
+{
+    for (struct vfs_file *f = v->files; f; f = f->next) {
+        vfs_flush_or_die(f);
+        f->rlen = 0;
+    }
+}
+
+static int vfs_close(sqlite3_file *file)
+{
+    struct vfs_file *f = (struct vfs_file *)file;
+    int rc = vfs_flush(f), rc2;
+
+    for (struct vfs_file **p = &f->vfs->files; *p; p = &(*p)->next) {
+        if (*p == f) {
+            *p = f->next;
+            break;
+        }
+    }
+    if (f->wb_fd >= 0)
+        close(f->wb_fd);
+    rc2 = f->real->pMethods->xClose(f->real);
+    sqlite3_free(f->buf);
+    sqlite3_free(f->rbuf);
+    f->buf = f->rbuf = NULL;
+    return rc != SQLITE_OK ? rc : rc2;
+}
+
+/* WAL reads: a checkpoint reads the frames it copies one by one, mostly in
+ * file order, so a read past the cached bytes reads VFS_READ ahead. What is
+ * cached was read after our last write to the file and after the last
+ * shared-memory call, which every read or write transaction and checkpoint
+ * begins and ends with: while a connection holds the lock that lets it read
+ * a frame, only we may write the WAL, and no writer may restart it. */
+static int vfs_read(sqlite3_file *file, void *p, int n, sqlite3_int64 off)
+{
+    struct vfs_file *f = (struct vfs_file *)file;
+    int rc = vfs_flush(f);
+
+    if (rc != SQLITE_OK)
+        return rc;
+    if (!f->rbuf || n > VFS_READ)
+        return f->real->pMethods->xRead(f->real, p, n, off);
+    if (f->rlen == 0 || off < f->roff || off + n > f->roff + (sqlite3_int64)f->rlen) {
+        f->rlen = 0;
+        rc = f->real->pMethods->xRead(f->real, f->rbuf, VFS_READ, off);
+        if (rc != SQLITE_OK) /* e.g. a short read near the end: read just this */
+            return f->real->pMethods->xRead(f->real, p, n, off);
+        f->roff = off;
+        f->rlen = VFS_READ;
+    }
+    memcpy(p, f->rbuf + (off - f->roff), (size_t)n);
+    return SQLITE_OK;
+}
+
+/* Gather n bytes at off (see above). */
+static int vfs_write(sqlite3_file *file, const void *p, int n, sqlite3_int64 off)
+{
+    struct vfs_file *f = (struct vfs_file *)file;
+    int commit = f->commit_next, rc = SQLITE_OK;
+
+    assert(n > 0);
+    f->commit_next = 0;
+    f->rlen = 0;
+    if (f->len > 0 && (off != f->off + (sqlite3_int64)f->len || f->len + (size_t)n > VFS_BUF))
+        rc = vfs_flush(f);
+    if (rc != SQLITE_OK)
+        return rc;
+    if (!f->buf || n > VFS_BUF)
+        return f->real->pMethods->xWrite(f->real, p, n, off);
+    if (f->len == 0)
+        f->off = off;
+    memcpy(f->buf + f->len, p, (size_t)n);
+    f->len += (size_t)n;
+    if (f->wal && n == VFS_FRAME_HDR)
+        f->commit_next = get_be32((const uint8_t *)p + 4) != 0;
+    return commit ? vfs_flush(f) : SQLITE_OK;
+}
+
+static int vfs_truncate(sqlite3_file *file, sqlite3_int64 size)
+{
+    int rc = vfs_flush((struct vfs_file *)file);
+
+    ((struct vfs_file *)file)->rlen = 0;
+    return rc != SQLITE_OK ? rc : REAL(file)->pMethods->xTruncate(REAL(file), size);
+}
+
+static int vfs_sync(sqlite3_file *file, int flags)
+{
+    int rc = vfs_flush((struct vfs_file *)file);
+
+    return rc != SQLITE_OK ? rc : REAL(file)->pMethods->xSync(REAL(file), flags);
+}
+
+static int vfs_file_size(sqlite3_file *file, sqlite3_int64 *size)
+{
+    int rc = vfs_flush((struct vfs_file *)file);
+
+    return rc != SQLITE_OK ? rc : REAL(file)->pMethods->xFileSize(REAL(file), size);
+}
+
+static int vfs_lock(sqlite3_file *file, int lock)
+{
+    int rc = vfs_flush((struct vfs_file *)file);
+
+    return rc != SQLITE_OK ? rc : REAL(file)->pMethods->xLock(REAL(file), lock);
+}
+
+static int vfs_unlock(sqlite3_file *file, int lock)
+{
+    int rc = vfs_flush((struct vfs_file *)file);
+
+    return rc != SQLITE_OK ? rc : REAL(file)->pMethods->xUnlock(REAL(file), lock);
+}
+
+static int vfs_check_reserved(sqlite3_file *file, int *out)
+{
+    return REAL(file)->pMethods->xCheckReservedLock(REAL(file), out);
+}
+
+static int vfs_file_control(sqlite3_file *file, int op, void *arg)
+{
+    int rc = SQLITE_OK;
+
+    if (op == SQLITE_FCNTL_CKPT_DONE)
+        vfs_flush_or_die((struct vfs_file *)file);
+    else
+        rc = vfs_flush((struct vfs_file *)file);
+
+    return rc != SQLITE_OK ? rc : REAL(file)->pMethods->xFileControl(REAL(file), op, arg);
+}
+
+static int vfs_sector_size(sqlite3_file *file)
+{
+    return REAL(file)->pMethods->xSectorSize(REAL(file));
+}
+
+static int vfs_device(sqlite3_file *file)
+{
+    return REAL(file)->pMethods->xDeviceCharacteristics(REAL(file));
+}
+
+static int vfs_shm_map(sqlite3_file *file, int page, int size, int extend, void volatile **out)
+{
+    vfs_shm_event(((struct vfs_file *)file)->vfs);
+    return REAL(file)->pMethods->xShmMap(REAL(file), page, size, extend, out);
+}
+
+static int vfs_shm_lock(sqlite3_file *file, int offset, int n, int flags)
+{
+    vfs_shm_event(((struct vfs_file *)file)->vfs);
+    return REAL(file)->pMethods->xShmLock(REAL(file), offset, n, flags);
+}
+
+static void vfs_shm_barrier(sqlite3_file *file)
+{
+    vfs_shm_event(((struct vfs_file *)file)->vfs);
+    REAL(file)->pMethods->xShmBarrier(REAL(file));
+}
+
+static int vfs_shm_unmap(sqlite3_file *file, int delete_flag)
+{
+    vfs_shm_event(((struct vfs_file *)file)->vfs);
+    return REAL(file)->pMethods->xShmUnmap(REAL(file), delete_flag);
+}
+
+static int vfs_fetch(sqlite3_file *file, sqlite3_int64 off, int n, void **out)
+{
+    int rc = vfs_flush((struct vfs_file *)file);
+
+    return rc != SQLITE_OK ? rc : REAL(file)->pMethods->xFetch(REAL(file), off, n, out);
+}
+
+static int vfs_unfetch(sqlite3_file *file, sqlite3_int64 off, void *p)
+{
+    return REAL(file)->pMethods->xUnfetch(REAL(file), off, p);
+}
+
+static const sqlite3_io_methods vfs_io = {
+    .iVersion = 3,
+    .xClose = vfs_close,
+    .xRead = vfs_read,
+    .xWrite = vfs_write,
+    .xTruncate = vfs_truncate,
+    .xSync = vfs_sync,
+    .xFileSize = vfs_file_size,
+    .xLock = vfs_lock,
+    .xUnlock = vfs_unlock,
+    .xCheckReservedLock = vfs_check_reserved,
+    .xFileControl = vfs_file_control,
+    .xSectorSize = vfs_sector_size,
+    .xDeviceCharacteristics = vfs_device,
+    .xShmMap = vfs_shm_map,
+    .xShmLock = vfs_shm_lock,
+    .xShmBarrier = vfs_shm_barrier,
+    .xShmUnmap = vfs_shm_unmap,
+    .xFetch = vfs_fetch,
+    .xUnfetch = vfs_unfetch,
+};
+
+/* Give a WAL or database file its buffers and put it on v's list. */
+static int vfs_buffer(struct apply_vfs *v, struct vfs_file *f, const char *name, int flags)
+{
+    f->name = name;
+    f->wal = (flags & SQLITE_OPEN_WAL) != 0;
+    f->wb_fd = f->wal ? open(name, O_RDONLY | O_CLOEXEC) : -1; /* -1: no early writeback */
+    f->buf = sqlite3_malloc(VFS_BUF);
+    if (f->wal)
+        f->rbuf = sqlite3_malloc(VFS_READ);
+    if (!f->buf || (f->wal && !f->rbuf))
+        return SQLITE_NOMEM;
+    f->next = v->files;
+    v->files = f;
+    return SQLITE_OK;
+}
+
+static int vfs_open(sqlite3_vfs *vfs, sqlite3_filename name, sqlite3_file *file, int flags,
+                    int *out_flags)
+{
+    struct apply_vfs *v = (struct apply_vfs *)vfs;
+    struct vfs_file *f = (struct vfs_file *)file;
+    int rc;
+
+    memset(f, 0, sizeof(*f));
+    f->wb_fd = -1;
+    f->real = (sqlite3_file *)((char *)f + VFS_FILE_SIZE);
+    f->vfs = v;
+    rc = v->real->xOpen(v->real, name, f->real, flags, out_flags);
+    if (rc != SQLITE_OK) {
+        /* The default VFS's file may need its close; ours has nothing open. */
+        if (f->real->pMethods)
+            f->real->pMethods->xClose(f->real);
+        return rc;
+    }
+    if (f->real->pMethods->iVersion < 3)
+        rc = SQLITE_CANTOPEN; /* WAL needs the shared-memory methods */
+    else if (flags & (SQLITE_OPEN_WAL | SQLITE_OPEN_MAIN_DB))
+        rc = vfs_buffer(v, f, name, flags);
+    if (rc != SQLITE_OK) {
+        sqlite3_free(f->buf);
+        sqlite3_free(f->rbuf);
+        if (f->wb_fd >= 0)
+            close(f->wb_fd);
+        f->real->pMethods->xClose(f->real);
+        return rc;
+    }
+    f->base.pMethods = &vfs_io;
+    return SQLITE_OK;
+}
+
+/* Register this apply's VFS (one per apply, so that its list of files is
+ * only ever used by the apply's thread). Returns NULL if SQLite refuses. */
+static struct apply_vfs *vfs_new(void)
+{
+    struct apply_vfs *v = xcalloc(1, sizeof(*v));
+
+    v->real = sqlite3_vfs_find(NULL);
+    if (!v->real) {
+        free(v);
+        return NULL;
+    }
+    /* The default (unix) VFS's other methods do not use their vfs argument. */
+    v->base = *v->real;
+    v->base.pNext = NULL;
+    snprintf(v->name, sizeof(v->name), "boomerang-apply-%p", (void *)v);
+    v->base.zName = v->name;
+    v->base.szOsFile = (int)VFS_FILE_SIZE + v->real->szOsFile;
+    v->base.xOpen = vfs_open;
+    if (sqlite3_vfs_register(&v->base, 0) != SQLITE_OK) {
+        free(v);
+        return NULL;
+    }
+    return v;
+}
+
+static void vfs_free(struct apply_vfs *v)
+{
+    if (!v)
+        return;
+    assert(!v->files);
+    sqlite3_vfs_unregister(&v->base);
+    free(v);
 }
 
 /* --- the connection ------------------------------------------------------------------ */
@@ -333,7 +739,14 @@ static int apply_db_open(struct apply *a)
     int64_t npages = 0;
     int rc;
 
-    rc = sqlite3_open_v2(":memory:", &a->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    a->vfs = vfs_new();
+    if (!a->vfs) {
+        log_error("apply: open failed: cannot register a VFS");
+        return APPLY_ERR_SQLITE;
+    }
+    /* The attached replica uses the connection's VFS. */
+    rc = sqlite3_open_v2(":memory:", &a->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
+                         a->vfs->name);
     if (rc != SQLITE_OK) {
         log_error("apply: open failed: %s", a->db ? sqlite3_errmsg(a->db) : sqlite3_errstr(rc));
         return APPLY_ERR_SQLITE;
@@ -639,7 +1052,9 @@ void apply_close(struct apply *a)
     sqlite3_finalize(a->ins);
     sqlite3_finalize(a->begin);
     sqlite3_finalize(a->commit);
-    if (sqlite3_close(a->db) != SQLITE_OK)
+    if (sqlite3_close(a->db) == SQLITE_OK)
+        vfs_free(a->vfs);
+    else /* the connection stays open, and keeps its VFS */
         log_error("apply: close %s failed: %s", a->path, sqlite3_errmsg(a->db));
     if (a->pos_fd >= 0)
         close(a->pos_fd);

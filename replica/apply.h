@@ -37,7 +37,11 @@
  * Errors: every error is logged here, once, with its details. An error from
  * a call made in the right state rolls the open transaction or snapshot back:
  * nothing is applied and the position is unchanged. APPLY_ERR_STATE (a call
- * out of sequence) changes nothing.
+ * out of sequence) changes nothing. One exception: the applier gathers its
+ * writes to the replica's files and writes them out in large pieces (apply.c,
+ * "the write-combining VFS"); where SQLite has no way to hear of a failed write
+ * (the last pages of a checkpoint, e.g. into a full disk), the process logs
+ * it and aborts, as a kill -9 at that instant, which it recovers from.
  *
  * Threading: one thread (the loop) uses an apply at a time. Only one process
  * may apply to a replica at a time (a lock file in the state directory). */

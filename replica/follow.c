@@ -69,6 +69,7 @@ struct follow {
     double backoff_initial, backoff_max, stall_timeout;
     follow_state_cb on_state;
     follow_applied_cb on_applied;
+    follow_committing_cb on_committing;
     void *arg;
 
     enum follow_state state;
@@ -103,6 +104,10 @@ struct follow {
     int64_t last_live_mono; /* 0: not LIVE since start */
 
     uint64_t subscribes, txns, snapshots, mismatches, apply_errors, protocol_errors, events;
+    /* fast_txn's pages, reused from event to event */
+    Boomerang__V1__Page *fast_pages;
+    Boomerang__V1__Page **fast_ptrs;
+    size_t fast_cap;
     struct follow_metric *metrics; /* follow_metrics() registrations */
 };
 
@@ -353,6 +358,8 @@ static int on_txn(struct follow *f, const Boomerang__V1__TxnChunk *t)
     }
     if (!t->last)
         return 0;
+    if (f->on_committing)
+        f->on_committing(f->arg, t->txid);
     rc = apply_txn_commit(f->apply, t->checksum, t->commit_time_us);
     if (rc != 0)
         return rc;
@@ -406,6 +413,8 @@ static int on_snapshot(struct follow *f, const Boomerang__V1__SnapshotChunk *s)
     }
     if (!s->last)
         return 0;
+    if (f->on_committing)
+        f->on_committing(f->arg, f->cur_txid);
     rc = apply_snapshot_commit(f->apply, s->checksum, s->commit_time_us);
     if (rc != 0)
         return rc;
@@ -481,14 +490,169 @@ static int dispatch(struct follow *f, const Boomerang__V1__ReplicationEvent *ev)
     }
 }
 
+/* ---- transaction events without copies -------------------------------------*/
+
+/* protobuf-c copies every bytes field out of the message, so each page of a
+ * transaction would be copied once more on its way to SQLite. The common
+ * event, a ReplicationEvent that holds only a TxnChunk, is read here in
+ * place instead: the pages point into the message, which stays valid while
+ * the event is handled. This reader takes only what it fully understands:
+ * the one field ReplicationEvent.txn, the fields of TxnChunk and Page that
+ * the proto defines with their own wire types, and varints of at most 64
+ * bits. Anything else (unknown fields, another wire type, a repeated
+ * top-level field, which protobuf would merge, any truncation) goes to
+ * protobuf-c, which decides. Where both accept a message, they give the same
+ * values: a repeated scalar keeps its last value, uint32 takes the low 32
+ * bits, bool is "not zero", sint64 is zigzag. */
+
+enum { PB_VARINT = 0, PB_I64 = 1, PB_LEN = 2 };
+
+struct pb {
+    const uint8_t *p, *end;
+};
+
+/* A varint of at most 10 bytes whose value fits in 64 bits. */
+static int pb_varint(struct pb *r, uint64_t *v)
+{
+    uint64_t x = 0;
+
+    for (int shift = 0; shift < 70 && r->p < r->end; shift += 7) {
+        uint8_t b = *r->p++;
+
+        if (shift == 63 && b > 1)
+            return -1;
+        x |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *v = x;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* A field's key; *len and *body for PB_LEN (a length of at most 5 bytes,
+ * as protobuf-c reads them). */
+static int pb_field(struct pb *r, unsigned *num, unsigned *type, struct pb *body)
+{
+    uint64_t key, len;
+    const uint8_t *start;
+
+    if (pb_varint(r, &key) != 0 || key >> 32 || (key >> 3) == 0)
+        return -1;
+    *num = (unsigned)(key >> 3);
+    *type = (unsigned)(key & 7);
+    if (*type != PB_LEN)
+        return 0;
+    start = r->p;
+    if (pb_varint(r, &len) != 0 || r->p - start > 5 || len > (uint64_t)(r->end - r->p))
+        return -1;
+    body->p = r->p;
+    body->end = r->p + len;
+    r->p += len;
+    return 0;
+}
+
+static int fast_page(struct pb r, Boomerang__V1__Page *pg)
+{
+    unsigned num, type;
+    struct pb body;
+    uint64_t v;
+
+    *pg = (Boomerang__V1__Page)BOOMERANG__V1__PAGE__INIT;
+    while (r.p < r.end) {
+        if (pb_field(&r, &num, &type, &body) != 0)
+            return -1;
+        if (num == 1 && type == PB_VARINT && pb_varint(&r, &v) == 0) {
+            pg->pgno = (uint32_t)v;
+        } else if (num == 2 && type == PB_LEN) {
+            pg->data.data = (uint8_t *)body.p; /* read only: apply copies it */
+            pg->data.len = (size_t)(body.end - body.p);
+        } else {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* One more page slot in f's scratch arrays. */
+static Boomerang__V1__Page *fast_next_page(struct follow *f, size_t n)
+{
+    if (n == f->fast_cap) {
+        f->fast_cap = f->fast_cap ? f->fast_cap * 2 : 64;
+        f->fast_pages = xrealloc(f->fast_pages, f->fast_cap * sizeof(f->fast_pages[0]));
+        f->fast_ptrs = xrealloc(f->fast_ptrs, f->fast_cap * sizeof(f->fast_ptrs[0]));
+    }
+    return &f->fast_pages[n];
+}
+
+/* A scalar field of TxnChunk, already keyed. */
+static int fast_txn_scalar(struct pb *r, unsigned num, unsigned type, Boomerang__V1__TxnChunk *t)
+{
+    uint64_t v = 0;
+
+    if (num == 6 && type == PB_I64 && r->end - r->p >= 8) {
+        for (int i = 7; i >= 0; i--)
+            v = v << 8 | r->p[i];
+        r->p += 8;
+        t->checksum = v;
+        return 0;
+    }
+    if (type != PB_VARINT || num < 1 || num > 7 || num == 4 || num == 6 || pb_varint(r, &v) != 0)
+        return -1;
+    if (num == 1)
+        t->txid = v;
+    else if (num == 2)
+        t->db_pages = (uint32_t)v;
+    else if (num == 3)
+        t->page_size = (uint32_t)v;
+    else if (num == 5)
+        t->last = v != 0;
+    else
+        t->commit_time_us = (int64_t)(v >> 1) ^ -(int64_t)(v & 1);
+    return 0;
+}
+
+/* Read msg as a ReplicationEvent holding only a TxnChunk into *t, whose pages
+ * live in f's scratch arrays until the next call. Returns 0, or -1 to let
+ * protobuf-c decode it. */
+static int fast_txn(struct follow *f, const uint8_t *msg, size_t len, Boomerang__V1__TxnChunk *t)
+{
+    struct pb r = {msg, msg + len}, body;
+    unsigned num, type;
+    size_t n = 0;
+
+    if (pb_field(&r, &num, &type, &body) != 0 || num != 2 || type != PB_LEN || r.p != r.end)
+        return -1;
+    *t = (Boomerang__V1__TxnChunk)BOOMERANG__V1__TXN_CHUNK__INIT;
+    r = body;
+    while (r.p < r.end) {
+        if (pb_field(&r, &num, &type, &body) != 0)
+            return -1;
+        if (num == 4 && type == PB_LEN) {
+            if (fast_page(body, fast_next_page(f, n)) != 0)
+                return -1;
+            n++;
+        } else if (fast_txn_scalar(&r, num, type, t) != 0) {
+            return -1;
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        f->fast_ptrs[i] = &f->fast_pages[i];
+    t->n_pages = n;
+    t->pages = n ? f->fast_ptrs : NULL;
+    return 0;
+}
+
 static void handle_event(struct follow *f, const uint8_t *msg, size_t len)
 {
     Boomerang__V1__ReplicationEvent *ev;
+    Boomerang__V1__TxnChunk txn;
     int rc;
 
     f->events++;
-    ev = boomerang__v1__replication_event__unpack(NULL, len, msg);
-    if (!ev) {
+    if (fast_txn(f, msg, len, &txn) == 0) {
+        rc = on_txn(f, &txn);
+    } else if (!(ev = boomerang__v1__replication_event__unpack(NULL, len, msg))) {
         rc = proto_error(f, "a malformed ReplicationEvent (%zu bytes)", len);
     } else {
         rc = dispatch(f, ev);
@@ -588,6 +752,7 @@ int follow_start(struct ev_loop *loop, const struct follow_config *cfg, struct f
     f->stall_timeout = cfg->stall_timeout > 0 ? cfg->stall_timeout : 5.0;
     f->on_state = cfg->on_state;
     f->on_applied = cfg->on_applied;
+    f->on_committing = cfg->on_committing;
     f->arg = cfg->arg;
     f->state = FOLLOW_DISCONNECTED;
     f->rng = (uint64_t)mono_us() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)f;
@@ -613,6 +778,8 @@ void follow_free(struct follow *f)
     ev_timer_stop(f->loop, &f->stall);
     waiter_set_free(f->waiters);
     free(f->metrics);
+    free(f->fast_pages);
+    free(f->fast_ptrs);
     log_info("replication link stopped at txid %" PRIu64, f->pos.txid);
     free(f->database);
     free(f);

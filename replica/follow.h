@@ -80,6 +80,12 @@ typedef void (*follow_state_cb)(void *arg, enum follow_state state);
  * clocks agree). It must not call follow_free. */
 typedef void (*follow_applied_cb)(void *arg, uint64_t txid, int64_t commit_time_us);
 
+/* Transaction or snapshot txid is about to be committed to the replica: called
+ * right before the COMMIT (which may still fail), so that a reader can bound
+ * from above what it may see (the sidecar's link_applying()). It must not
+ * call follow_free. */
+typedef void (*follow_committing_cb)(void *arg, uint64_t txid);
+
 struct follow_config {
     const char *database;         /* sent in SubscribeRequest; NULL or "" = the primary's database
                                      (copied) */
@@ -91,7 +97,8 @@ struct follow_config {
                                      (the primary sends a heartbeat about every 100 ms) */
     follow_state_cb on_state;     /* optional */
     follow_applied_cb on_applied; /* optional */
-    void *arg;                    /* passed to on_state and on_applied */
+    follow_committing_cb on_committing; /* optional */
+    void *arg;                          /* passed to on_state, on_applied and on_committing */
 };
 
 struct follow_status {

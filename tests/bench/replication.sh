@@ -37,7 +37,10 @@
 # measure apply and catch-up with the replica's checkpoints deferred
 # (--checkpoint-pages 4000000000), to show what the in-loop checkpoints cost;
 # 0: only the default settings), BENCH_REPLICA_FLAGS (extra flags for the
-# fan-out's boomerang-replica processes, e.g. "--checkpoint-pages 4000000000").
+# fan-out's boomerang-replica processes, e.g. "--checkpoint-pages 4000000000"),
+# BENCH_SYNC (1: run sync(1) before each catch-up run, so that the writeback
+# of the backlog the primary just wrote, and of the previous run's files, does
+# not land in this run's checkpoint fsyncs; 0: no sync, as before 2026-11-21).
 set -u
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -52,6 +55,7 @@ apply_mb=${BENCH_APPLY_MB:-64}
 catchup_mb=${BENCH_CATCHUP_MB:-256}
 phases=${BENCH_PHASES:-lag fanout apply catchup}
 diag=${BENCH_CHECKPOINT_DIAG:-1}
+sync_runs=${BENCH_SYNC:-1}
 read -r -a replica_flags <<<"${BENCH_REPLICA_FLAGS:-}"
 no_checkpoint=4000000000 # --checkpoint-pages: no checkpoint within a run
 
@@ -486,6 +490,7 @@ catchup_runs() {
     for r in $(seq "$runs"); do
         rm -rf "$d/c.db" "$d"/c.db-*
         [ -n "$from" ] && copy_replica "$from" "$d/c.db"
+        [ "$sync_runs" = 1 ] && sync
         c0=$(proc_cpu_ticks "$ppid")
         if ! out=$(timeout 600 "$brep" --primary "$url" --replica "$d/c.db" --mode catchup \
             --max-seconds 590 --json "$@" 2>"$d/c.err"); then
