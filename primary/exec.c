@@ -75,6 +75,11 @@ static int bind_value(sqlite3_stmt *stmt, int idx, const Boomerang__V1__Value *v
         return sqlite3_bind_double(stmt, idx, v->real);
     case BOOMERANG__V1__VALUE__KIND_TEXT:
         return sqlite3_bind_text(stmt, idx, v->text, -1, SQLITE_STATIC);
+    case BOOMERANG__V1__VALUE__KIND_TEXT_BYTES:
+        /* TEXT holding a NUL: bound by length, so it stays whole. */
+        return sqlite3_bind_text64(stmt, idx,
+                                   v->text_bytes.data ? (const char *)v->text_bytes.data : "",
+                                   v->text_bytes.len, SQLITE_STATIC, SQLITE_UTF8);
     case BOOMERANG__V1__VALUE__KIND_BLOB:
         return sqlite3_bind_blob64(stmt, idx, v->blob.data ? (const void *)v->blob.data : "",
                                    v->blob.len, SQLITE_STATIC);
@@ -149,6 +154,29 @@ static void add_columns(sqlite3_stmt *stmt, Boomerang__V1__StatementResult *r)
     }
 }
 
+/* A TEXT column as `text`, or as `text_bytes` when it holds a NUL: protobuf-c
+ * carries a proto3 string as a NUL-terminated char *, which would cut it.
+ * Returns the text's length in bytes. */
+static size_t column_text(sqlite3_stmt *stmt, int i, Boomerang__V1__Value *v)
+{
+    const unsigned char *s = sqlite3_column_text(stmt, i);
+    size_t n = (size_t)sqlite3_column_bytes(stmt, i);
+
+    if (s && memchr(s, '\0', n)) {
+        v->kind_case = BOOMERANG__V1__VALUE__KIND_TEXT_BYTES;
+        v->text_bytes.len = n;
+        v->text_bytes.data = xmalloc(n);
+        memcpy(v->text_bytes.data, s, n);
+        return n;
+    }
+    v->kind_case = BOOMERANG__V1__VALUE__KIND_TEXT;
+    v->text = xmalloc(n + 1);
+    if (n)
+        memcpy(v->text, s, n);
+    v->text[n] = '\0';
+    return n;
+}
+
 static Boomerang__V1__Value *column_value(sqlite3_stmt *stmt, int i, size_t *bytes)
 {
     Boomerang__V1__Value *v = xmalloc(sizeof(*v));
@@ -167,12 +195,7 @@ static Boomerang__V1__Value *column_value(sqlite3_stmt *stmt, int i, size_t *byt
         *bytes += 9;
         break;
     case SQLITE_TEXT:
-        v->kind_case = BOOMERANG__V1__VALUE__KIND_TEXT;
-        n = sqlite3_column_bytes(stmt, i);
-        v->text = xmalloc((size_t)n + 1);
-        memcpy(v->text, sqlite3_column_text(stmt, i), (size_t)n);
-        v->text[n] = '\0';
-        *bytes += (size_t)n + 6;
+        *bytes += column_text(stmt, i, v) + 6;
         break;
     case SQLITE_BLOB:
         v->kind_case = BOOMERANG__V1__VALUE__KIND_BLOB;

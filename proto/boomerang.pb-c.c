@@ -817,7 +817,7 @@ void   boomerang__v1__replication_event__free_unpacked
   assert(message->base.descriptor == &boomerang__v1__replication_event__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor boomerang__v1__value__field_descriptors[5] =
+static const ProtobufCFieldDescriptor boomerang__v1__value__field_descriptors[6] =
 {
   {
     "null",
@@ -879,6 +879,18 @@ static const ProtobufCFieldDescriptor boomerang__v1__value__field_descriptors[5]
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "text_bytes",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    offsetof(Boomerang__V1__Value, kind_case),
+    offsetof(Boomerang__V1__Value, text_bytes),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boomerang__v1__value__field_indices_by_name[] = {
   4,   /* field[4] = blob */
@@ -886,11 +898,12 @@ static const unsigned boomerang__v1__value__field_indices_by_name[] = {
   0,   /* field[0] = null */
   2,   /* field[2] = real */
   3,   /* field[3] = text */
+  5,   /* field[5] = text_bytes */
 };
 static const ProtobufCIntRange boomerang__v1__value__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 5 }
+  { 0, 6 }
 };
 const ProtobufCMessageDescriptor boomerang__v1__value__descriptor =
 {
@@ -900,7 +913,7 @@ const ProtobufCMessageDescriptor boomerang__v1__value__descriptor =
   "Boomerang__V1__Value",
   "boomerang.v1",
   sizeof(Boomerang__V1__Value),
-  5,
+  6,
   boomerang__v1__value__field_descriptors,
   boomerang__v1__value__field_indices_by_name,
   1,  boomerang__v1__value__number_ranges,

@@ -81,7 +81,8 @@ typedef enum {
   BOOMERANG__V1__VALUE__KIND_INTEGER = 2,
   BOOMERANG__V1__VALUE__KIND_REAL = 3,
   BOOMERANG__V1__VALUE__KIND_TEXT = 4,
-  BOOMERANG__V1__VALUE__KIND_BLOB = 5
+  BOOMERANG__V1__VALUE__KIND_BLOB = 5,
+  BOOMERANG__V1__VALUE__KIND_TEXT_BYTES = 6
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOOMERANG__V1__VALUE__KIND__CASE)
 } Boomerang__V1__Value__KindCase;
 
@@ -99,6 +100,10 @@ struct  Boomerang__V1__Value
     double real;
     char *text;
     ProtobufCBinaryData blob;
+    /*
+     * TEXT whose bytes protobuf-c cannot carry as a string (it holds NUL); UTF-8
+     */
+    ProtobufCBinaryData text_bytes;
   };
 };
 #define BOOMERANG__V1__VALUE__INIT \

@@ -94,6 +94,71 @@ TEST(values_round_trip)
     protobuf_c_message_free_unpacked(&r->base, NULL);
 }
 
+/* protobuf-c carries a proto3 string as a C string: TEXT holding a NUL goes
+ * both ways as text_bytes, and stays TEXT of its full length. */
+TEST(text_with_nul_round_trips)
+{
+    Boomerang__V1__Statement st = BOOMERANG__V1__STATEMENT__INIT;
+    Boomerang__V1__NamedArg named, *namedp = &named;
+    Boomerang__V1__Value v[3], *vp[2] = {&v[0], &v[1]};
+    Boomerang__V1__StatementResult *r, *back;
+    static uint8_t nul_text[] = {'a', 0, 'b'};
+    uint8_t wire[256];
+    int rc;
+
+    for (int i = 0; i < 3; i++)
+        boomerang__v1__value__init(&v[i]);
+    v[0].kind_case = BOOMERANG__V1__VALUE__KIND_TEXT_BYTES;
+    v[0].text_bytes.data = nul_text, v[0].text_bytes.len = 3;
+    v[1].kind_case = BOOMERANG__V1__VALUE__KIND_TEXT_BYTES; /* empty: data NULL */
+    v[2].kind_case = BOOMERANG__V1__VALUE__KIND_TEXT_BYTES;
+    v[2].text_bytes.data = nul_text, v[2].text_bytes.len = 2; /* "a\0": NUL last */
+    boomerang__v1__named_arg__init(&named);
+    named.name = "n", named.value = &v[2];
+    st.sql = "SELECT ?1, typeof(?1), length(CAST(?1 AS BLOB)), ?1 = 'a' || char(0) || 'b', ?2, "
+             "typeof(?2), :n, 'a' || char(0) || 'b', 'plain'";
+    st.args = vp, st.n_args = 2;
+    st.named_args = &namedp, st.n_named_args = 1;
+    REQUIRE(exec_statement(db, az, &st, &limits, &r, NULL) == SQLITE_OK);
+    REQUIRE(r->n_rows == 1 && r->rows[0]->n_values == 9);
+
+    /* Through the wire, as the sidecar sees it. */
+    REQUIRE(boomerang__v1__statement_result__get_packed_size(r) <= sizeof(wire));
+    size_t n = boomerang__v1__statement_result__pack(r, wire);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    back = boomerang__v1__statement_result__unpack(NULL, n, wire);
+    REQUIRE(back != NULL);
+    Boomerang__V1__Value **row = back->rows[0]->values;
+    REQUIRE(row[0]->kind_case == BOOMERANG__V1__VALUE__KIND_TEXT_BYTES);
+    CHECK(row[0]->text_bytes.len == 3 && memcmp(row[0]->text_bytes.data, nul_text, 3) == 0);
+    CHECK(strcmp(row[1]->text, "text") == 0);
+    CHECK(row[2]->integer == 3);
+    CHECK(row[3]->integer == 1);
+    CHECK(row[4]->kind_case == BOOMERANG__V1__VALUE__KIND_TEXT && strcmp(row[4]->text, "") == 0);
+    CHECK(strcmp(row[5]->text, "text") == 0);
+    REQUIRE(row[6]->kind_case == BOOMERANG__V1__VALUE__KIND_TEXT_BYTES);
+    CHECK(row[6]->text_bytes.len == 2 && memcmp(row[6]->text_bytes.data, "a", 2) == 0);
+    REQUIRE(row[7]->kind_case == BOOMERANG__V1__VALUE__KIND_TEXT_BYTES);
+    CHECK(row[7]->text_bytes.len == 3 && memcmp(row[7]->text_bytes.data, nul_text, 3) == 0);
+    CHECK(row[8]->kind_case == BOOMERANG__V1__VALUE__KIND_TEXT); /* no NUL: a string */
+    CHECK(strcmp(row[8]->text, "plain") == 0);
+    protobuf_c_message_free_unpacked(&back->base, NULL);
+
+    /* Stored and read back from a table: still the whole text. */
+    REQUIRE(run_ok("CREATE TABLE tn(s TEXT)"));
+    st.sql = "INSERT INTO tn VALUES (?)";
+    st.n_args = 1, st.n_named_args = 0;
+    REQUIRE(exec_statement(db, az, &st, &limits, &r, NULL) == SQLITE_OK);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    r = run("SELECT s, length(CAST(s AS BLOB)) FROM tn", &rc);
+    REQUIRE(rc == SQLITE_OK && r->n_rows == 1);
+    row = r->rows[0]->values;
+    REQUIRE(row[0]->kind_case == BOOMERANG__V1__VALUE__KIND_TEXT_BYTES);
+    CHECK(row[0]->text_bytes.len == 3 && memcmp(row[0]->text_bytes.data, nul_text, 3) == 0);
+    CHECK(row[1]->integer == 3);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+}
+
 TEST(named_args_with_and_without_prefix)
 {
     Boomerang__V1__Statement st = BOOMERANG__V1__STATEMENT__INIT;
@@ -247,6 +312,7 @@ int main(void)
 {
     setup();
     RUN(values_round_trip);
+    RUN(text_with_nul_round_trips);
     RUN(named_args_with_and_without_prefix);
     RUN(errors_carry_code_names);
     RUN(too_many_args_and_too_big_results);

@@ -28,6 +28,8 @@ def value_to_json(v):
         return {"type": "real", "value": repr(v.real)}
     if kind == "text":
         return {"type": "text", "value": v.text}
+    if kind == "text_bytes":
+        return {"type": "text", "value": v.text_bytes.decode("utf-8")}
     return {"type": "blob", "value": v.blob.hex()}
 
 
