@@ -40,6 +40,12 @@ void buf_consume(struct buf *b, size_t n)
         b->off = b->len = 0;
 }
 
+void buf_truncate(struct buf *b, size_t n)
+{
+    assert(n <= b->len - b->off);
+    b->len = b->off + n;
+}
+
 void buf_reset(struct buf *b)
 {
     b->off = b->len = 0;

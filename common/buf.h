@@ -29,6 +29,10 @@ static inline const uint8_t *buf_head(const struct buf *b)
 }
 /* Drop n bytes from the head. */
 void buf_consume(struct buf *b, size_t n);
+/* Drop bytes from the tail so that n bytes remain to read (n <= buf_avail),
+ * to take back a partly written message. Record the length to return to as
+ * buf_avail(), not as len: a reserve may move the data down to offset 0. */
+void buf_truncate(struct buf *b, size_t n);
 void buf_reset(struct buf *b);
 void buf_free(struct buf *b);
 

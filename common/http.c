@@ -47,6 +47,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/http_internal.h"
 #include "common/log.h"
 
 #define HTTP_READ_CHUNK        (64 * 1024)
@@ -63,47 +64,15 @@
 
 /* ---- requests ------------------------------------------------------------------ */
 
-enum req_state {
-    REQ_PARSING,    /* being read; owned by the decoder */
-    REQ_DISPATCHED, /* with the application, connection alive */
-    REQ_ORPHANED,   /* with the application, connection gone */
-};
-
-enum field_state { FIELD_NONE, FIELD_NAME, FIELD_VALUE };
-
-struct field {
-    size_t name, value; /* offsets of NUL-terminated strings in strs */
-};
-
-struct conn;
-
-struct http_request {
-    enum req_state state;
-    struct conn *conn; /* set while dispatched */
-    uint64_t conn_id;
-    char peer[64];
-    enum http_method method;
-    int minor;
-    int keep_alive;
-    int expect_continue;
-    struct buf strs; /* target, then field names and values, then path and query */
-    size_t target, path, query;
-    struct field *fields;
-    unsigned nfields, cap;
-    struct buf body;
-    http_cancel_cb on_cancel;
-    void *cancel_arg;
-};
-
-static struct http_request *request_new(void)
+struct http_request *http_req_new(void)
 {
     struct http_request *r = xcalloc(1, sizeof(*r));
 
-    r->state = REQ_PARSING;
+    r->state = HTTP_REQ_PARSING;
     return r;
 }
 
-static void request_free(struct http_request *r)
+void http_req_free(struct http_request *r)
 {
     if (!r)
         return;
@@ -133,7 +102,45 @@ static void req_copy_self(struct http_request *r, size_t off, size_t len)
     r->strs.len += len;
 }
 
+size_t http_req_add_str(struct http_request *r, const void *s, size_t len)
+{
+    size_t off = r->strs.len;
+
+    buf_append(&r->strs, s, len);
+    req_terminate(r);
+    return off;
+}
+
+void http_req_add_field(struct http_request *r, const void *name, size_t nlen, const void *value,
+                        size_t vlen)
+{
+    if (r->nfields == r->cap) {
+        r->cap = r->cap ? r->cap * 2 : 16;
+        r->fields = xrealloc(r->fields, r->cap * sizeof(*r->fields));
+    }
+    r->fields[r->nfields].name = http_req_add_str(r, name, nlen);
+    r->fields[r->nfields].value = http_req_add_str(r, value, vlen);
+    r->nfields++;
+}
+
+int http_req_method_parse(const char *s)
+{
+    static const char *const names[] = {
+#define HTTP_METHOD_NAME(num, name, string) [num] = #string,
+        HTTP_METHOD_MAP(HTTP_METHOD_NAME)
+#undef HTTP_METHOD_NAME
+    };
+
+    for (size_t i = 0; i < ARRAY_LEN(names); i++) {
+        if (names[i] && strcmp(names[i], s) == 0)
+            return (int)i;
+    }
+    return -1;
+}
+
 /* ---- decoder ------------------------------------------------------------------- */
+
+enum field_state { FIELD_NONE, FIELD_NAME, FIELD_VALUE };
 
 enum dec_phase {
     DEC_IDLE,  /* before a request's first byte */
@@ -226,7 +233,7 @@ static int on_message_begin_cb(http_parser *p)
 
     assert(d->phase == DEC_IDLE && d->req == NULL);
     d->phase = DEC_HEAD;
-    d->req = request_new();
+    d->req = http_req_new();
     return 0;
 }
 
@@ -324,9 +331,8 @@ static int dec_check_codings(struct http_decoder *d)
 }
 
 /* Split the target into path and query (appended to strs). */
-static int dec_split_target(struct http_decoder *d)
+int http_req_split_target(struct http_request *r)
 {
-    struct http_request *r = d->req;
     const char *t = req_str(r, r->target);
     size_t tlen = strlen(t);
     struct http_parser_url u;
@@ -337,8 +343,8 @@ static int dec_split_target(struct http_decoder *d)
         path_len = 1;
     } else {
         http_parser_url_init(&u);
-        if (tlen == 0 || http_parser_parse_url(t, tlen, 0, &u) != 0)
-            return dec_fail(d, 400, "invalid request target");
+        if (tlen == 0 || tlen > HTTP_MAX_TARGET || http_parser_parse_url(t, tlen, 0, &u) != 0)
+            return -1;
         if (u.field_set & (1 << UF_PATH)) {
             path_off = u.field_data[UF_PATH].off;
             path_len = u.field_data[UF_PATH].len;
@@ -357,6 +363,13 @@ static int dec_split_target(struct http_decoder *d)
     r->query = r->strs.len;
     req_copy_self(r, r->target + q_off, q_len);
     req_terminate(r);
+    return 0;
+}
+
+static int dec_split_target(struct http_decoder *d)
+{
+    if (http_req_split_target(d->req) != 0)
+        return dec_fail(d, 400, "invalid request target");
     return 0;
 }
 
@@ -393,6 +406,7 @@ static int dec_check_head(struct http_decoder *d)
                         p->http_minor);
     r->method = (enum http_method)p->method;
     r->minor = p->http_minor;
+    r->version = 10 + r->minor;
     if (r->method == HTTP_CONNECT)
         return dec_fail(d, 400, "CONNECT is not supported");
     (void)req_field(r, "host", &n);
@@ -480,7 +494,7 @@ static void dec_init(struct http_decoder *d, size_t max_body, size_t max_header_
 
 static void dec_clear(struct http_decoder *d)
 {
-    request_free(d->req);
+    http_req_free(d->req);
     d->req = NULL;
 }
 
@@ -596,7 +610,7 @@ static struct http_request *dec_take(struct http_decoder *d)
 
 void http_decoder_next(struct http_decoder *d)
 {
-    request_free(dec_take(d));
+    http_req_free(dec_take(d));
 }
 
 const char *http_decoder_error(const struct http_decoder *d, int *status)
@@ -676,6 +690,13 @@ void http_json_string(struct buf *out, const char *s, size_t len)
     buf_append(out, "\"", 1);
 }
 
+void http_error_body(struct buf *out, const char *message)
+{
+    buf_append(out, "{\"message\":", 11);
+    http_json_string(out, message, strlen(message));
+    buf_append(out, "}", 1);
+}
+
 /* ---- connections ------------------------------------------------------------------ */
 
 enum conn_state {
@@ -685,6 +706,7 @@ enum conn_state {
     CONN_DRAINING,   /* a closing answer is queued: flush it, discard input */
     CONN_LINGER,     /* our side shut down; discard input until EOF or timeout */
     CONN_CLOSED,     /* watchers stopped; freed from the prepare watcher */
+    CONN_H2,         /* cfg.h2c: an HTTP/2 session (http2.c) runs the connection */
 };
 
 struct conn {
@@ -699,7 +721,7 @@ struct conn {
     int busy;          /* inside conn_service: it flushes before returning */
     int peer_eof;      /* the client shut down its side */
     int want_continue; /* owe "100 Continue" if the body is not here yet */
-    int sniffing;      /* cfg.on_h2c: the first bytes may be the HTTP/2 preface */
+    int sniffing;      /* cfg.on_h2c or h2c: the first bytes may be the HTTP/2 preface */
     char name[96];     /* "http#N PEER", for logs */
     char peer[64];
     ev_io io;
@@ -714,6 +736,7 @@ struct conn {
     struct buf in;            /* unparsed input */
     struct buf out;           /* unsent output */
     size_t discarded;         /* input thrown away while draining */
+    struct http2 *h2;         /* CONN_H2 (and after it, until freed) */
 };
 
 struct http_server {
@@ -741,8 +764,8 @@ static void conn_service(struct conn *c);
 
 static const char *conn_state_name(enum conn_state s)
 {
-    static const char *const names[] = {"idle",     "reading", "dispatched",
-                                        "draining", "linger",  "closed"};
+    static const char *const names[] = {"idle",   "reading", "dispatched", "draining",
+                                        "linger", "closed",  "h2"};
     return names[s];
 }
 
@@ -750,11 +773,13 @@ static void conn_set_state(struct conn *c, enum conn_state s)
 {
     static const unsigned allowed[] = {
         [CONN_IDLE] = 1u << CONN_READING | 1u << CONN_DRAINING | 1u << CONN_CLOSED,
-        [CONN_READING] = 1u << CONN_DISPATCHED | 1u << CONN_DRAINING | 1u << CONN_CLOSED,
+        [CONN_READING] =
+            1u << CONN_DISPATCHED | 1u << CONN_DRAINING | 1u << CONN_CLOSED | 1u << CONN_H2,
         [CONN_DISPATCHED] = 1u << CONN_IDLE | 1u << CONN_DRAINING | 1u << CONN_CLOSED,
         [CONN_DRAINING] = 1u << CONN_LINGER | 1u << CONN_CLOSED,
         [CONN_LINGER] = 1u << CONN_CLOSED,
         [CONN_CLOSED] = 0,
+        [CONN_H2] = 1u << CONN_DRAINING | 1u << CONN_CLOSED,
     };
 
     assert(allowed[c->state] & (1u << s));
@@ -803,13 +828,18 @@ static const char *server_date(struct http_server *srv)
     return srv->date;
 }
 
-static int header_value_ok(const char *v)
+int http_header_name_ok(const char *name)
+{
+    return is_token(name);
+}
+
+int http_header_value_ok(const char *v)
 {
     return strpbrk(v, "\r\n") == NULL;
 }
 
 /* Headers the server writes itself. */
-static int header_reserved(const char *name)
+int http_header_reserved(const char *name)
 {
     static const char *const own[] = {"content-length", "transfer-encoding", "connection", "date",
                                       "content-type"};
@@ -825,8 +855,8 @@ static void conn_out_extra(struct conn *c, const struct http_header *extra, size
 {
     for (size_t i = 0; i < nextra; i++) {
         const struct http_header *h = &extra[i];
-        if (!h->name || !h->value || !is_token(h->name) || !header_value_ok(h->value) ||
-            header_reserved(h->name)) {
+        if (!h->name || !h->value || !is_token(h->name) || !http_header_value_ok(h->value) ||
+            http_header_reserved(h->name)) {
             log_error("%s: add response header %s failed: invalid or reserved", c->name,
                       h->name ? h->name : "(null)");
             continue;
@@ -865,7 +895,7 @@ static void conn_out_answer(struct conn *c, const struct answer *a)
     n = snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\n", a->status, reason_phrase(a->status));
     conn_out_append(c, line, (size_t)n);
     conn_out_str(c, server_date(c->srv));
-    if (a->content_type && header_value_ok(a->content_type)) {
+    if (a->content_type && http_header_value_ok(a->content_type)) {
         conn_out_append(c, "Content-Type: ", 14);
         conn_out_str(c, a->content_type);
         conn_out_append(c, "\r\n", 2);
@@ -894,9 +924,7 @@ static void conn_fail(struct conn *c, int status, const char *message)
         .status = status, .content_type = "application/json", .close = 1, .minor = 1};
 
     log_debug("%s: request refused: %d %s", c->name, status, message);
-    buf_append(&body, "{\"message\":", 11);
-    http_json_string(&body, message, strlen(message));
-    buf_append(&body, "}", 1);
+    http_error_body(&body, message);
     a.body = body.data;
     a.len = body.len;
     conn_out_answer(c, &a);
@@ -919,7 +947,7 @@ static void conn_dispatch(struct conn *c)
     struct http_server *srv = c->srv;
     struct http_request *r = dec_take(&c->dec);
 
-    r->state = REQ_DISPATCHED;
+    r->state = HTTP_REQ_DISPATCHED;
     r->conn = c;
     r->conn_id = c->id;
     snprintf(r->peer, sizeof(r->peer), "%s", c->peer);
@@ -991,8 +1019,31 @@ static void conn_discard(struct conn *c, size_t n)
 static const char h2_preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 #define H2_PREFACE_LEN (sizeof(h2_preface) - 1)
 
-/* cfg.on_h2c: hold the first bytes until they are the whole preface (hand
- * the connection over) or stop matching it (parse them as HTTP/1.x). */
+/* cfg.h2c: serve the connection with an HTTP/2 session from now on, starting
+ * with the bytes held (the preface and whatever followed). */
+static void conn_start_h2(struct conn *c)
+{
+    int rv;
+
+    c->sniffing = 0;
+    c->h2 = http2_new(c);
+    if (!c->h2) {
+        conn_close(c, "HTTP/2 session could not be created");
+        return;
+    }
+    conn_set_state(c, CONN_H2);
+    if (c->srv->shutting_down)
+        http2_shutdown(c->h2);
+    rv = http2_input(c->h2, buf_head(&c->in), buf_avail(&c->in));
+    buf_reset(&c->in);
+    buf_shrink(&c->in);
+    if (rv < 0)
+        conn_close(c, "HTTP/2 session failed");
+}
+
+/* cfg.on_h2c or h2c: hold the first bytes until they are the whole preface
+ * (hand the connection over, or start HTTP/2) or stop matching it (parse
+ * them as HTTP/1.x). */
 static void conn_sniff(struct conn *c, const uint8_t *data, size_t n)
 {
     struct http_server *srv = c->srv;
@@ -1010,6 +1061,10 @@ static void conn_sniff(struct conn *c, const uint8_t *data, size_t n)
         conn_set_state(c, CONN_READING); /* the head deadline covers the preface */
     if (have < H2_PREFACE_LEN)
         return;
+    if (!srv->cfg.on_h2c) {
+        conn_start_h2(c);
+        return;
+    }
     fd = c->fd;
     c->fd = -1; /* the callback owns it now */
     conn_close(c, "HTTP/2 preface: handed over as h2c");
@@ -1042,6 +1097,10 @@ static void conn_input(struct conn *c, const uint8_t *data, size_t n)
     case CONN_LINGER:
         conn_discard(c, n);
         break;
+    case CONN_H2:
+        if (http2_input(c->h2, data, n) < 0)
+            conn_close(c, "HTTP/2 session failed");
+        break;
     case CONN_CLOSED:
         break;
     }
@@ -1067,6 +1126,10 @@ static void conn_on_eof(struct conn *c)
         break;
     case CONN_LINGER:
         conn_close(c, "closed after the last answer");
+        break;
+    case CONN_H2:
+        /* HTTP/2 has no half-close of the connection: the client is gone. */
+        conn_close(c, "client closed the HTTP/2 connection");
         break;
     case CONN_DRAINING:
     case CONN_CLOSED:
@@ -1133,6 +1196,9 @@ static void conn_update_io(struct conn *c)
     case CONN_LINGER:
         ev = c->peer_eof ? 0 : EV_READ;
         break;
+    case CONN_H2:
+        ev = room && http2_want_read(c->h2) ? EV_READ : 0;
+        break;
     case CONN_CLOSED:
         return;
     }
@@ -1175,6 +1241,9 @@ static ev_tstamp conn_deadline(const struct conn *c)
     case CONN_LINGER:
         d = c->since + HTTP_LINGER_TIME;
         break;
+    case CONN_H2:
+        d = http2_deadline(c->h2);
+        break;
     case CONN_DISPATCHED:
     case CONN_DRAINING:
     case CONN_CLOSED:
@@ -1213,6 +1282,9 @@ static void conn_expire(struct conn *c)
         snprintf(msg, sizeof(msg), "request not received within %g s", cfg->read_timeout);
         conn_fail(c, 408, msg);
         conn_service(c);
+    } else if (c->state == CONN_H2) {
+        http2_expire(c->h2);
+        conn_service(c);
     } else {
         conn_close(c, c->state == CONN_IDLE ? "idle timeout" : "linger timeout");
     }
@@ -1236,11 +1308,42 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     c->busy = 0;
 }
 
+/* Serialize HTTP/2 frames while there is room, and send them. When the
+ * session is over, drain like a closing HTTP/1 answer. Returns -1 if c was
+ * closed. */
+static int conn_service_h2(struct conn *c)
+{
+    for (;;) {
+        int was_empty = buf_avail(&c->out) == 0;
+        size_t before;
+
+        if (http2_output(c->h2, &c->out, HTTP_OUT_HIGH) < 0) {
+            conn_close(c, "HTTP/2 session failed");
+            return -1;
+        }
+        if (was_empty && buf_avail(&c->out) > 0)
+            c->last_write = ev_now(c->srv->loop); /* the write timeout counts from here */
+        before = buf_avail(&c->out);
+        if (conn_flush(c) < 0) {
+            conn_close(c, "write failed");
+            return -1;
+        }
+        /* Go on only while the socket takes everything and frames wait. */
+        if (before == 0 || buf_avail(&c->out) > 0 || !http2_want_write(c->h2))
+            break;
+    }
+    if (http2_done(c->h2))
+        conn_set_state(c, CONN_DRAINING);
+    return 0;
+}
+
 /* After input or an answer: parse what waits, flush, move on, re-arm. */
 static void conn_service(struct conn *c)
 {
     struct http_server *srv = c->srv;
 
+    if (c->state == CONN_H2 && conn_service_h2(c) < 0)
+        return;
     /* Flushing may make room to parse buffered requests, which queue more. */
     do {
         conn_parse_buffered(c);
@@ -1290,7 +1393,7 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
 static void request_orphan(struct http_request *r)
 {
     r->conn = NULL;
-    r->state = REQ_ORPHANED;
+    r->state = HTTP_REQ_ORPHANED;
     if (r->on_cancel)
         r->on_cancel(r->cancel_arg, r); /* may answer, and so free, r */
 }
@@ -1312,6 +1415,8 @@ static void conn_close(struct conn *c, const char *why)
     conn_schedule(c);
     if (r)
         request_orphan(r);
+    if (c->h2)
+        http2_close(c->h2); /* cancels its requests */
 }
 
 static void conn_free(struct conn *c)
@@ -1333,9 +1438,48 @@ static void conn_free(struct conn *c)
     else
         srv->nconns--;
     log_debug("%s: closed", c->name);
+    http2_free(c->h2);
     buf_free(&c->in);
     buf_free(&c->out);
     free(c);
+}
+
+/* ---- hooks for http2.c ------------------------------------------------------------- */
+
+const struct http_server_config *http_conn_cfg(const struct conn *c)
+{
+    return &c->srv->cfg;
+}
+
+struct ev_loop *http_conn_loop(const struct conn *c)
+{
+    return c->srv->loop;
+}
+
+const char *http_conn_name(const struct conn *c)
+{
+    return c->name;
+}
+
+const char *http_conn_peer(const struct conn *c)
+{
+    return c->peer;
+}
+
+uint64_t http_conn_id(const struct conn *c)
+{
+    return c->id;
+}
+
+int http_conn_shutting_down(const struct conn *c)
+{
+    return c->srv->shutting_down;
+}
+
+void http_conn_wake(struct conn *c)
+{
+    if (!c->busy && c->state != CONN_CLOSED)
+        conn_schedule(c);
 }
 
 /* ---- server ------------------------------------------------------------------------ */
@@ -1420,7 +1564,7 @@ static void conn_new(struct http_server *srv, int fd, const char *peer, const ui
     else
         buf_append(&c->in, pre, n);
     /* Adopted bytes come from a server that told HTTP/1.x apart already. */
-    c->sniffing = srv->cfg.on_h2c && !refuse && n == 0;
+    c->sniffing = (srv->cfg.on_h2c || srv->cfg.h2c) && !refuse && n == 0;
     conn_schedule(c);
 }
 
@@ -1746,7 +1890,9 @@ void http_server_shutdown(struct http_server *s)
     /* Idle ones close (once their output is out); the others finish their
      * request and close after its answer. */
     for (struct conn *c = s->conns; c; c = c->next) {
-        if (c->state == CONN_IDLE)
+        if (c->state == CONN_H2)
+            http2_shutdown(c->h2); /* GOAWAY; open streams finish */
+        if (c->state == CONN_IDLE || c->state == CONN_H2)
             conn_schedule(c);
     }
 }
@@ -1837,9 +1983,16 @@ uint64_t http_request_conn_id(const struct http_request *r)
     return r->conn_id;
 }
 
+int http_request_version(const struct http_request *r)
+{
+    return r->version;
+}
+
 int http_request_alive(const struct http_request *r)
 {
-    return r->state == REQ_DISPATCHED && r->conn && r->conn->state == CONN_DISPATCHED;
+    if (r->version == 20)
+        return http2_request_alive(r);
+    return r->state == HTTP_REQ_DISPATCHED && r->conn && r->conn->state == CONN_DISPATCHED;
 }
 
 void http_request_on_cancel(struct http_request *r, http_cancel_cb cb, void *arg)
@@ -1861,11 +2014,15 @@ void http_respond(struct http_request *r, int status, const char *content_type, 
                        .head_only = r->method == HTTP_HEAD,
                        .minor = r->minor};
 
-    if (r->state == REQ_ORPHANED) {
-        request_free(r);
+    if (r->version == 20) {
+        http2_respond(r, status, content_type, body, len, extra, nextra);
         return;
     }
-    assert(r->state == REQ_DISPATCHED && c && c->req == r && c->state == CONN_DISPATCHED);
+    if (r->state == HTTP_REQ_ORPHANED) {
+        http_req_free(r);
+        return;
+    }
+    assert(r->state == HTTP_REQ_DISPATCHED && c && c->req == r && c->state == CONN_DISPATCHED);
     if (status < 200 || status > 599) {
         log_error("%s: respond failed: status %d is not a final status", c->name, status);
         static const char oops[] = "{\"message\":\"internal error\"}";
@@ -1879,7 +2036,7 @@ void http_respond(struct http_request *r, int status, const char *content_type, 
     a.close = !r->keep_alive || c->srv->shutting_down;
     conn_out_answer(c, &a);
     c->req = NULL;
-    request_free(r);
+    http_req_free(r);
     conn_set_state(c, a.close ? CONN_DRAINING : CONN_IDLE);
     if (a.close)
         buf_reset(&c->in); /* pipelined requests after a closing answer are dropped */
@@ -1891,9 +2048,7 @@ void http_respond_error(struct http_request *r, int status, const char *message)
 {
     struct buf body = {0};
 
-    buf_append(&body, "{\"message\":", 11);
-    http_json_string(&body, message, strlen(message));
-    buf_append(&body, "}", 1);
+    http_error_body(&body, message);
     http_respond(r, status, "application/json", body.data, body.len, NULL, 0);
     buf_free(&body);
 }

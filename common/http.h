@@ -6,7 +6,8 @@
  * reads each request completely (head and body, chunked or not) and hands it
  * to on_request; the application answers it with http_respond(), at once or
  * later. With on_h2c set, a connection that opens with the HTTP/2 preface
- * (prior-knowledge h2c) is handed, fd and bytes, to that callback instead.
+ * (prior-knowledge h2c) is handed, fd and bytes, to that callback instead;
+ * with h2c set (and no on_h2c) the server speaks HTTP/2 on it itself (below).
  *
  * Typical use (the primary's /health and /metrics):
  *
@@ -74,7 +75,33 @@
  * must not call http_server_free. Everything here runs on the loop thread
  * that owns the server: a request worked on by another thread is answered
  * after handing it back (ev_async). Several loop threads can each run a
- * server on one address with reuse_port. */
+ * server on one address with reuse_port.
+ *
+ * HTTP/2 (cfg.h2c, prior knowledge over cleartext, RFC 9113; common/http2.c
+ * on nghttp2): each stream's request reaches on_request as the same struct
+ * http_request, answered with the same calls under the same rules; only
+ * http_request_version() (20) tells. Requests are dispatched as they
+ * complete and may be answered in any order (multiplexing). Differences
+ * that follow from the protocol:
+ *   - header names are lowercase; ":authority" is also there as "host"
+ *     (unless a host field was sent); the target is ":path";
+ *   - SETTINGS: max_streams concurrent streams, max_header_bytes as the header
+ *     list size. A request is refused with the same JSON answers as HTTP/1
+ *     (400, 408, 413, 414, 431; 501 for an unknown method), and a stream
+ *     answered before its body ended is then reset with NO_ERROR;
+ *   - timeouts: idle_timeout while no stream is open (GOAWAY and close),
+ *     read_timeout for a stream's body between two DATA frames (408) and for
+ *     a header block (GOAWAY), write_timeout as for HTTP/1;
+ *   - a stream reset by the client cancels its request (on_cancel), the
+ *     connection's end cancels all of them; http_server_shutdown sends GOAWAY
+ *     and open streams finish; the application may hold at most max_streams
+ *     cancelled, unanswered requests of one connection before its input
+ *     stops being read (reset floods);
+ *   - response headers: extra names are lowercased; connection-specific ones
+ *     (Keep-Alive, Proxy-Connection, Upgrade, TE) are dropped as well;
+ *   - output: frames are produced only while less than 1 MiB waits for the
+ *     socket, and the client's flow-control windows bound the rest.
+ * h2 connections count against max_conns. */
 #ifndef BOOMERANG_HTTP_H
 #define BOOMERANG_HTTP_H
 
@@ -127,6 +154,8 @@ struct http_server_config {
                                    adopt); NULL: the preface is answered 400 like any
                                    malformed request */
     void *arg;                  /* passed to the callbacks */
+    int h2c;                    /* serve prior-knowledge h2c here (when on_h2c is NULL) */
+    unsigned max_streams;       /* HTTP/2 concurrent streams per connection; 0: 100 */
 };
 
 /* One extra response header; the name must be a token, the value must not
@@ -205,10 +234,13 @@ void http_request_header_at(const struct http_request *r, unsigned i, const char
                             const char **value);
 /* The body (decoded if chunked), followed by a NUL not counted in *len. */
 const uint8_t *http_request_body(const struct http_request *r, size_t *len);
-/* 1 if the connection stays open after this answer (as the client asked). */
+/* 1 if the connection stays open after this answer (as the client asked;
+ * always 1 for HTTP/2). */
 int http_request_keep_alive(const struct http_request *r);
-/* HTTP minor version: 0 or 1. */
+/* HTTP minor version: 0 or 1 (0 for HTTP/2.0). */
 int http_request_minor(const struct http_request *r);
+/* The protocol version: 10 (HTTP/1.0), 11 (HTTP/1.1) or 20 (HTTP/2). */
+int http_request_version(const struct http_request *r);
 /* "127.0.0.1:40512" or "unix". */
 const char *http_request_peer(const struct http_request *r);
 /* Id of the connection the request came on, unique for the server's life. */
