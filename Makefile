@@ -25,7 +25,7 @@ endif
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 -Wvla
 PKGS     := libev libnghttp2 libprotobuf-c openssl libxxhash
 CFLAGS    = -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) $(SAN) -I. -I$(SQLITE_DIR) -MMD -MP
-LDLIBS   := -lev -lnghttp2 -lprotobuf-c -lssl -lcrypto -lxxhash -lhttp_parser -lpthread -lm -ldl
+LDLIBS   := -lev -lnghttp2 -lprotobuf-c -lssl -lcrypto -lxxhash -ljansson -lhttp_parser -lpthread -lm -ldl
 
 # SQLite compile options, each with its reason:
 #  ENABLE_DBPAGE_VTAB       replicas apply pages, and snapshots read them (DESIGN.md)
@@ -180,7 +180,7 @@ format:
 format-check:
 	clang-format --dry-run -Werror $(FMT_SRC)
 
-bench: all $(BUILD)/bench/bench_capture $(BUILD)/bench/bench_replica
+bench: all $(BUILD)/bench/bench_capture $(BUILD)/bench/bench_replica $(BUILD)/bench/bench_proxy
 	scripts/deps.sh bench
 	BOOMERANG_BIN=$(abspath $(BIN)) BENCH_BUILD=$(BUILD) tests/bench/run.sh
 

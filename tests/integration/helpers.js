@@ -507,6 +507,8 @@ export function fromValue(v) {
             return v.real;
         case 'text':
             return v.text;
+        case 'text_bytes': // TEXT holding NUL bytes (protobuf-c cannot carry those as a string)
+            return Buffer.from(v.text_bytes).toString('utf8');
         case 'blob':
             return Buffer.from(v.blob);
         default:
@@ -958,4 +960,386 @@ export async function finishReadersAcrossSnapshot(t, R, readers, minDuring) {
         assertStrict.equal(r.errors, 0, `reader ${i}: errors: ${r.problems.join('; ')}`);
     }
     return sums;
+}
+
+// ---------------------------------------------------------------- sidecar (boomerang-proxy) and relay
+//
+// The sidecar serves Hrana over HTTP to apps (contract: notes/proxy-contract.md);
+// the relay (tests/tools/relay.c) sits between a sidecar and the primary to add
+// delay or cut the link (SIGUSR1 blackholes it, SIGUSR2 heals it).
+
+/** True when the proxy tests should be skipped: no boomerang-proxy and no $BOOMERANG_BIN. */
+export function skipNoProxy() {
+    return !process.env.BOOMERANG_BIN && !haveBinary('boomerang-proxy');
+}
+
+/** The test's environment minus every BOOMERANG_* variable, plus env: flags come only from the test. */
+function childEnvWith(env = {}) {
+    const out = {};
+    for (const [k, v] of Object.entries(process.env)) {
+        if (!k.startsWith('BOOMERANG_')) out[k] = v;
+    }
+    return Object.assign(out, env);
+}
+
+/** "http://HOST:PORT" of a primary handle (startPrimary), a relay handle, or a URL string. */
+function primaryUrlOf(p) {
+    if (typeof p === 'string') return p;
+    if (p && p.url) return p.url;
+    if (p && p.addr) return `http://${p.addr}`;
+    throw new Error(`no primary URL in ${JSON.stringify(p)}`);
+}
+
+/**
+ * One HTTP/1.1 request, no keep-alive (agent: false), over TCP (port) or a
+ * unix socket (socketPath). body: a Buffer, a string, or an object sent as
+ * JSON (content-type application/json unless headers give one). Resolves to
+ * { status, headers (lower-case names), raw (Buffer), body (utf8), json() }.
+ */
+export function httpRequest({ port, host = '127.0.0.1', socketPath, method = 'GET', path: p = '/', headers = {}, body, timeoutMs = 60000 } = {}) {
+    return new Promise((resolve, reject) => {
+        const hdrs = { ...headers };
+        let buf = null;
+        if (body !== undefined && body !== null) {
+            buf = Buffer.isBuffer(body) ? body : Buffer.from(typeof body === 'string' ? body : JSON.stringify(body));
+            const names = Object.keys(hdrs).map((k) => k.toLowerCase());
+            if (!names.includes('content-type')) hdrs['content-type'] = 'application/json';
+            if (!names.includes('content-length')) hdrs['content-length'] = String(buf.length);
+        }
+        const opts = { method, path: p, headers: hdrs, agent: false, timeout: timeoutMs };
+        if (socketPath) opts.socketPath = socketPath;
+        else Object.assign(opts, { host, port });
+        let settled = false;
+        const req = http.request(opts, (res) => {
+            const chunks = [];
+            res.on('data', (d) => chunks.push(d));
+            res.on('end', () => {
+                settled = true;
+                const raw = Buffer.concat(chunks);
+                const text = raw.toString('utf8');
+                resolve({
+                    status: res.statusCode,
+                    headers: res.headers,
+                    raw,
+                    body: text,
+                    json() {
+                        try {
+                            return JSON.parse(text);
+                        } catch (e) {
+                            throw new Error(`${method} ${p}: ${res.statusCode} body is not JSON (${e.message}): ${text.slice(0, 300)}`);
+                        }
+                    },
+                });
+            });
+            res.on('error', (e) => {
+                if (!settled) reject(e);
+            });
+        });
+        req.on('timeout', () => req.destroy(new Error(`${method} ${p}: no answer within ${timeoutMs} ms`)));
+        req.on('error', (e) => {
+            if (!settled) reject(e);
+        });
+        req.end(buf || undefined);
+    });
+}
+
+/**
+ * A fetch(input, init) that sends each request over the unix socket at
+ * socketPath (for createClient({ url, fetch })): the client calls it with a
+ * Request whose URL's path is kept and whose host is ignored.
+ */
+export function unixFetch(socketPath) {
+    return async (input, init) => {
+        const req = input instanceof Request ? input : new Request(input, init);
+        const u = new URL(req.url);
+        const headers = {};
+        req.headers.forEach((v, k) => {
+            headers[k] = v;
+        });
+        const body = req.method === 'GET' || req.method === 'HEAD' ? undefined : Buffer.from(await req.arrayBuffer());
+        const r = await httpRequest({ socketPath, method: req.method, path: u.pathname + u.search, headers, body });
+        const h = new Headers();
+        for (const [k, v] of Object.entries(r.headers)) {
+            for (const one of Array.isArray(v) ? v : [v]) h.append(k, one);
+        }
+        return new Response(r.status === 204 || r.status === 304 ? null : r.raw, { status: r.status, headers: h });
+    };
+}
+
+/**
+ * Parse Prometheus text format into { 'name{k="v",...}': number } with the
+ * labels sorted by name ('name' alone when there are none). Comments and blank
+ * lines are skipped; "+Inf", "-Inf" and "NaN" are understood.
+ */
+export function parseMetrics(text) {
+    const out = {};
+    for (const line of text.split('\n')) {
+        const l = line.trim();
+        if (!l || l.startsWith('#')) continue;
+        const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)/.exec(l);
+        if (!m) throw new Error(`metrics: unparseable line ${JSON.stringify(line)}`);
+        out[metricKey(m[1], parseLabels(m[3] || ''))] = parseSampleValue(m[4]);
+    }
+    return out;
+}
+
+function parseLabels(s) {
+    const labels = {};
+    const re = /([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"/g;
+    for (let m = re.exec(s); m; m = re.exec(s)) labels[m[1]] = m[2].replace(/\\(.)/g, (_x, c) => (c === 'n' ? '\n' : c));
+    return labels;
+}
+
+function parseSampleValue(v) {
+    if (v === '+Inf' || v === 'Inf') return Infinity;
+    if (v === '-Inf') return -Infinity;
+    if (v === 'NaN') return NaN;
+    const n = Number(v);
+    if (Number.isNaN(n)) throw new Error(`metrics: bad sample value ${v}`);
+    return n;
+}
+
+/** The key parseMetrics() uses for a sample: name{labels sorted by name}. */
+export function metricKey(name, labels = {}) {
+    const ks = Object.keys(labels).sort();
+    if (!ks.length) return name;
+    return `${name}{${ks.map((k) => `${k}="${String(labels[k]).replace(/["\\]/g, '\\$&').replace(/\n/g, '\\n')}"`).join(',')}}`;
+}
+
+/** A sample of parsed metrics m, or 0 when absent (a counter not yet incremented). */
+export function metricValue(m, name, labels = {}) {
+    return m[metricKey(name, labels)] ?? 0;
+}
+
+/** The sum of every sample of name over all its label sets (0 when absent). */
+export function metricSum(m, name) {
+    let sum = 0;
+    for (const [k, v] of Object.entries(m)) {
+        if (k === name || k.startsWith(`${name}{`)) sum += v;
+    }
+    return sum;
+}
+
+/** True when parsed metrics m have a sample of name, with any labels. */
+export function hasMetric(m, name) {
+    return Object.keys(m).some((k) => k === name || k.startsWith(`${name}{`));
+}
+
+/**
+ * Start boomerang-proxy (the sidecar) with --primary primaryUrl (a URL, or a
+ * startPrimary/startRelay handle) and --replica replica (default: a fresh
+ * temp dir's replica.db), listening on an ephemeral loopback port and, with
+ * socket, on that unix socket. args: extra flags; env: extra environment.
+ * bearer: the app token its own helper GETs send (with --app-token-file).
+ * It is a server: stopAll() expects it to exit 0 on SIGTERM.
+ * Resolves to the process handle plus { url, port, socket, replica,
+ * request(opts), get(path), metrics(), status(), readyz(), waitReady() }.
+ */
+export async function startProxy({ primaryUrl, replica, dir, args = [], env = {}, socket, bearer, timeoutMs = 15000 } = {}) {
+    const url = primaryUrlOf(primaryUrl);
+    if (!dir) dir = replica ? path.dirname(replica) : makeTmpDir('boomerang-proxy-');
+    if (!replica) replica = path.join(dir, 'replica.db');
+    const argv = ['--primary', url, '--replica', replica, '--listen', '127.0.0.1:0', ...(socket ? ['--socket', socket] : []), ...args];
+    const h = spawnTracked(binPath('boomerang-proxy'), argv, { env: childEnvWith(env) });
+    h.server = true; // runs until signalled; exits 0 on SIGTERM
+    h.replica = replica;
+    h.dir = dir;
+    h.socket = socket;
+    h.bearer = bearer;
+    const esc = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    const m = await waitFor(
+        () => {
+            const text = h.stderr();
+            const found = /listening on 127\.0\.0\.1:(\d+) \(http\)/.exec(text);
+            const unixOk = !socket || new RegExp(`listening on unix:${esc(socket)} \\(http\\)`).test(text);
+            if (found && unixOk) return found;
+            if (h.exitStatus) throw fatal(`proxy exited before listening (${fmtExit(h.exitStatus)})\n${h.tail()}`);
+            return null;
+        },
+        { timeoutMs, what: '"listening on" from boomerang-proxy' },
+    ).catch(async (e) => {
+        await h.kill9();
+        e.message += `\n--- stderr ---\n${h.tail()}`;
+        throw e;
+    });
+    h.port = Number(m[1]);
+    h.addr = `127.0.0.1:${h.port}`;
+    h.url = `http://${h.addr}`;
+    /** An HTTP request to this sidecar (TCP), with its bearer unless headers give an authorization. */
+    h.request = (opts = {}) => {
+        const headers = { ...(opts.headers || {}) };
+        if (h.bearer && !Object.keys(headers).some((k) => k.toLowerCase() === 'authorization')) headers.authorization = `Bearer ${h.bearer}`;
+        return httpRequest({ port: h.port, ...opts, headers });
+    };
+    h.get = (p, headers) => h.request({ path: p, headers });
+    h.metrics = async () => {
+        const r = await h.get('/metrics');
+        if (r.status !== 200) throw new Error(`GET /metrics: ${r.status} ${r.body}`);
+        return parseMetrics(r.body);
+    };
+    h.status = async () => {
+        const r = await h.get('/v1/status');
+        if (r.status !== 200) throw new Error(`GET /v1/status: ${r.status} ${r.body}`);
+        return r.json();
+    };
+    /** GET /ready: { status, json } (json null when the body is not JSON). */
+    h.readyz = async () => {
+        const r = await h.get('/ready');
+        let json = null;
+        try {
+            json = JSON.parse(r.body);
+        } catch {
+            /* reported by the caller */
+        }
+        return { status: r.status, json, body: r.body };
+    };
+    /** Wait until GET /ready answers 200 (the replica caught up at least once). */
+    h.waitReady = (ms = 30000) =>
+        waitFor(
+            async () => {
+                if (h.exitStatus) throw fatal(`proxy exited (${fmtExit(h.exitStatus)})\n${h.tail()}`);
+                const r = await h.readyz();
+                return r.status === 200 ? r.json || true : null;
+            },
+            { timeoutMs: ms, what: `boomerang-proxy pid ${h.pid} to be ready` },
+        );
+    return h;
+}
+
+/** True when the relay tests should be skipped: no bin/relay and no $BOOMERANG_BIN. */
+export function skipNoRelay() {
+    return !process.env.BOOMERANG_BIN && !haveBinary('relay');
+}
+
+/**
+ * Start the fault relay (tests/tools/relay.c) on an ephemeral loopback port,
+ * forwarding to target (a startPrimary handle, "HOST:PORT" or
+ * "http://HOST:PORT") with delayMs of one-way delay (and jitterMs). Resolves
+ * to the process handle plus { port, addr, url, partition(), heal() }:
+ * partition() (SIGUSR1) blackholes the link, heal() (SIGUSR2) restores it.
+ * Signals are asynchronous: a test that needs the cut in force confirms it by
+ * its effect (see the proxy tests).
+ */
+export async function startRelay({ target, delayMs = 0, jitterMs, control, args = [], timeoutMs = 10000 } = {}) {
+    let t = target && target.addr ? target.addr : String(target);
+    t = t.replace(/^https?:\/\//, '').replace(/\/.*$/, '');
+    const argv = ['--listen', '127.0.0.1:0', '--target', t, '--delay-ms', String(delayMs)];
+    if (jitterMs !== undefined) argv.push('--jitter-ms', String(jitterMs));
+    if (control) argv.push('--control', control);
+    argv.push(...args);
+    const h = spawnTracked(binPath('relay'), argv, { env: childEnvWith() });
+    h.server = true; // runs until signalled; exits 0 on SIGTERM
+    const m = await waitFor(
+        () => {
+            const found = /relay listening on 127\.0\.0\.1:(\d+)/.exec(h.stderr() + h.stdout());
+            if (found) return found;
+            if (h.exitStatus) throw fatal(`relay exited before listening (${fmtExit(h.exitStatus)})\n${h.tail()}`);
+            return null;
+        },
+        { timeoutMs, what: '"relay listening on" from the relay' },
+    ).catch(async (e) => {
+        await h.kill9();
+        e.message += `\n--- stderr ---\n${h.tail()}`;
+        throw e;
+    });
+    h.port = Number(m[1]);
+    h.addr = `127.0.0.1:${h.port}`;
+    h.url = `http://${h.addr}`;
+    // The relay logs "state <from> -> <to>" once it has acted on a signal:
+    // partition() and heal() resolve when that line appears, so the fault is
+    // in force (or lifted) when they return.
+    const transitions = (to) => (h.stderr().match(new RegExp(`state \\w+ -> ${to}\\b`, 'g')) || []).length;
+    const switchTo = async (sig, to) => {
+        if (h.exitStatus) throw new Error(`relay pid ${h.pid} is gone (${fmtExit(h.exitStatus)})`);
+        const before = transitions(to);
+        process.kill(h.pid, sig);
+        await waitFor(() => transitions(to) > before, { timeoutMs: 5000, what: `relay pid ${h.pid} to log "-> ${to}"` });
+    };
+    h.partition = () => switchTo('SIGUSR1', 'partition');
+    h.heal = () => switchTo('SIGUSR2', 'ok');
+    return h;
+}
+
+// ---------------------------------------------------------------- Hrana over HTTP, raw
+
+/** Hrana JSON Values from JS: bigint -> integer, number -> float, string -> text, Buffer -> blob, null. */
+export const HV = {
+    null: () => ({ type: 'null' }),
+    int: (x) => ({ type: 'integer', value: String(x) }),
+    float: (x) => ({ type: 'float', value: x }),
+    text: (s) => ({ type: 'text', value: s }),
+    blob: (b, { padded = true } = {}) => {
+        const s = Buffer.from(b).toString('base64');
+        return { type: 'blob', base64: padded ? s : s.replace(/=+$/, '') };
+    },
+};
+
+/** A Hrana execute request for sql with positional args (Hrana Values). */
+export function hExecute(sql, args = [], extra = {}) {
+    return { type: 'execute', stmt: { sql, args, named_args: [], want_rows: true, ...extra } };
+}
+
+/**
+ * POST a pipeline body to a sidecar handle (TCP, or its unix socket with
+ * { unix: true }). Resolves to the httpRequest() answer.
+ */
+export function hranaPost(proxy, body, { headers = {}, path: p = '/v2/pipeline', unix = false } = {}) {
+    if (unix) return httpRequest({ socketPath: proxy.socket, method: 'POST', path: p, headers, body });
+    return proxy.request({ method: 'POST', path: p, headers, body });
+}
+
+/**
+ * Assert an HTTP-level Hrana error: the status, content-type exactly
+ * application/json, a string message and (when given) the code. Returns the body.
+ */
+export function assertHttpError(r, status, code, what = 'request') {
+    const show = `${what}: ${r.status} ${JSON.stringify(r.headers['content-type'])} ${r.body.slice(0, 400)}`;
+    assertStrict.equal(r.status, status, show);
+    assertStrict.equal(r.headers['content-type'], 'application/json', `${show}: content-type`);
+    const j = r.json();
+    assertStrict.equal(typeof j.message, 'string', `${show}: message`);
+    assertStrict.ok(j.message.length > 0, `${show}: empty message`);
+    if (code !== undefined) assertStrict.equal(j.code, code, `${show}: code`);
+    return j;
+}
+
+/** The result at index i of a 200 pipeline answer, asserted ok; returns its response. */
+export function okResult(r, i = 0, what = 'pipeline') {
+    assertStrict.equal(r.status, 200, `${what}: ${r.status} ${r.body.slice(0, 400)}`);
+    const j = r.json();
+    const res = j.results[i];
+    assertStrict.equal(res?.type, 'ok', `${what}: result ${i} is ${JSON.stringify(res)}`);
+    return res.response;
+}
+
+/** The error of result i of a 200 pipeline answer, asserted to be a per-request error with code. */
+export function errResult(r, i, code, what = 'pipeline') {
+    assertStrict.equal(r.status, 200, `${what}: ${r.status} ${r.body.slice(0, 400)}`);
+    const res = r.json().results[i];
+    assertStrict.equal(res?.type, 'error', `${what}: result ${i} is ${JSON.stringify(res)}`);
+    assertStrict.equal(typeof res.error.message, 'string', `${what}: message`);
+    if (code !== undefined) assertStrict.equal(res.error.code, code, `${what}: code in ${JSON.stringify(res.error)}`);
+    return res.error;
+}
+
+/** The rows of an execute response as JS values (integer -> BigInt, blob -> Buffer). */
+export function hRows(resp) {
+    return resp.result.rows.map((row) =>
+        row.map((v) => {
+            switch (v.type) {
+                case 'null':
+                    return null;
+                case 'integer':
+                    return BigInt(v.value);
+                case 'float':
+                    return v.value;
+                case 'text':
+                    return v.value;
+                case 'blob':
+                    return Buffer.from(v.base64, 'base64');
+                default:
+                    throw new Error(`unknown Hrana value ${JSON.stringify(v)}`);
+            }
+        }),
+    );
 }
