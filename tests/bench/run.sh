@@ -13,7 +13,8 @@
 #
 # Environment: BOOMERANG_BIN (default ./bin), BENCH_SECONDS (5), BENCH_RUNS (3),
 # BENCH_CLIENTS ("1 16 64"), BENCH_ROW_BYTES (100), BENCH_REPLICATION (1; 0
-# skips the replication part; its own variables are in replication.sh).
+# skips the replication part; its own variables are in replication.sh),
+# BENCH_PROXY (1; 0 skips the sidecar's part, tests/bench/proxy.sh).
 set -u
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -160,5 +161,12 @@ fi
 if [ "${BENCH_REPLICATION:-1}" = 1 ]; then
     echo
     timeout 3600 "$root/tests/bench/replication.sh" || failed=1
+fi
+
+# The sidecar: local reads against nginx, write-ack latency, PostgreSQL +
+# pgpool-II (its own driver; BENCH_PROXY=0 skips it).
+if [ "${BENCH_PROXY:-1}" = 1 ]; then
+    echo
+    timeout 3600 "$root/tests/bench/proxy.sh" || failed=1
 fi
 exit $failed
