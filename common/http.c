@@ -903,8 +903,9 @@ static void conn_out_answer(struct conn *c, const struct answer *a)
         log_error("%s: set content-type failed: CR or LF in it", c->name);
     }
     if (!bodyless) {
-        n = snprintf(line, sizeof(line), "Content-Length: %zu\r\n", a->len);
-        conn_out_append(c, line, (size_t)n);
+        conn_out_append(c, "Content-Length: ", 16);
+        conn_out_append(c, line, util_fmt_u64(line, a->len));
+        conn_out_append(c, "\r\n", 2);
     }
     if (a->close)
         conn_out_append(c, "Connection: close\r\n", 19);

@@ -178,3 +178,26 @@ int util_fsync_dir(const char *path)
     close(fd);
     return rc;
 }
+
+size_t util_fmt_u64(char *out, uint64_t v)
+{
+    char tmp[UTIL_U64_DIGITS];
+    size_t n = 0;
+
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    return n;
+}
+
+size_t util_fmt_i64(char *out, int64_t v)
+{
+    if (v >= 0)
+        return util_fmt_u64(out, (uint64_t)v);
+    out[0] = '-';
+    /* -(v + 1) + 1 avoids overflowing at INT64_MIN */
+    return 1 + util_fmt_u64(out + 1, (uint64_t)(-(v + 1)) + 1);
+}

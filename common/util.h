@@ -67,4 +67,11 @@ int MUST_CHECK util_pread_all(int fd, void *buf, size_t len, int64_t off);
 /* fsync the directory that holds path, so a create/rename in it is durable. */
 int MUST_CHECK util_fsync_dir(const char *path);
 
+/* Write v in decimal to out (at least UTIL_U64_DIGITS bytes; no NUL) and
+ * return the length: the hot paths' replacement for snprintf("%llu"). */
+#define UTIL_U64_DIGITS 20
+size_t util_fmt_u64(char *out, uint64_t v);
+/* The same for a signed value (at least UTIL_U64_DIGITS + 1 bytes). */
+size_t util_fmt_i64(char *out, int64_t v);
+
 #endif

@@ -803,10 +803,9 @@ void hrana_json_string(struct buf *out, const char *s, size_t len)
 
 static void put_int64(struct buf *out, int64_t v)
 {
-    char num[24];
-    int n = snprintf(num, sizeof(num), "%" PRId64, v);
+    char num[UTIL_U64_DIGITS + 1];
 
-    buf_append(out, num, (size_t)n);
+    buf_append(out, num, util_fmt_i64(num, v));
 }
 
 /* The shortest %g form of a finite v that reads back as v: a JSON number. */
@@ -973,17 +972,17 @@ void hrana_stmt_out_blob(struct hrana_stmt_out *so, const void *data, size_t len
 void hrana_stmt_out_end(struct hrana_stmt_out *so, uint64_t affected_row_count, int has_rowid,
                         int64_t last_insert_rowid)
 {
-    char num[24];
-    int n;
+    char num[UTIL_U64_DIGITS];
+    size_t n;
 
     assert(so->state != STMT_OUT_DONE);
     if (so->state == STMT_OUT_COLS)
         PUT(so->out, "],\"rows\":[");
     else if (so->state == STMT_OUT_ROW)
         PUT(so->out, "]");
-    n = snprintf(num, sizeof(num), "%" PRIu64, affected_row_count);
+    n = util_fmt_u64(num, affected_row_count);
     PUT(so->out, "],\"affected_row_count\":");
-    buf_append(so->out, num, (size_t)n);
+    buf_append(so->out, num, n);
     PUT(so->out, ",\"last_insert_rowid\":");
     if (has_rowid) {
         PUT(so->out, "\"");

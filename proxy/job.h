@@ -29,6 +29,12 @@ struct pipeline_worker {
     struct loopq *q;
     struct local *local; /* autocommit reads of this thread */
     size_t jobs;         /* jobs alive */
+    /* A read transaction on local shared by the reads of one loop iteration
+     * (see pipeline_worker_snapshot), released before the loop blocks. */
+    ev_prepare release;
+    int held;
+    uint64_t held_applied; /* link_applied() before it began: a lower bound */
+    uint64_t held_pos;     /* link_applying() once it began: an upper bound */
 };
 
 enum cons { CONS_LOCAL, CONS_SESSION, CONS_STRONG, CONS_PRIMARY };
@@ -95,6 +101,18 @@ struct job {
 /* Go on with the job's requests from where it stopped (after an
  * asynchronous step completed); answers and frees it at the end. */
 void pipeline_job_next(struct job *job);
+
+/* Make w->local hold a read transaction at least at link_applied() now, and
+ * return the upper bound of what it shows (for tokens); 0 if it could not
+ * begin (then w->local is in autocommit). The reads of one loop iteration
+ * share it, which saves SQLite's two WAL lock calls per read; it is renewed
+ * when the replica moved, and released before the loop waits again, so it
+ * never holds back the replica's checkpoints for longer than an iteration. */
+uint64_t pipeline_worker_snapshot(struct pipeline_worker *w);
+
+/* End w's shared read transaction, if any (before a program with its own
+ * BEGIN/COMMIT runs on w->local). */
+void pipeline_worker_release(struct pipeline_worker *w);
 
 /* A read-only connection on the replica with the configured limits. */
 int pipeline_open_local(const struct proxy_conf *c, struct local **out);

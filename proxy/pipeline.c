@@ -92,6 +92,49 @@ int pipeline_open_local(const struct proxy_conf *c, struct local **out)
     return local_open(&lc, out);
 }
 
+void pipeline_worker_release(struct pipeline_worker *w)
+{
+    struct hrana_error e;
+
+    if (!w->held)
+        return;
+    w->held = 0;
+    ev_prepare_stop(w->loop, &w->release);
+    if (local_autocommit(w->local)) /* an error already ended it */
+        return;
+    if (local_exec_sql(w->local, "COMMIT", &e) != 0)
+        log_warn("end a shared read transaction failed: %s", e.message);
+}
+
+static void release_cb(struct ev_loop *loop, ev_prepare *watcher, int revents)
+{
+    (void)loop;
+    (void)revents;
+    pipeline_worker_release(container_of(watcher, struct pipeline_worker, release));
+}
+
+uint64_t pipeline_worker_snapshot(struct pipeline_worker *w)
+{
+    uint64_t applied = link_applied(w->sh->link);
+    struct hrana_error e;
+
+    if (w->held && w->held_applied == applied && !local_autocommit(w->local))
+        return w->held_pos;
+    pipeline_worker_release(w);
+    /* BEGIN is deferred: the schema read takes the snapshot */
+    if (local_exec_sql(w->local, "BEGIN", &e) != 0)
+        return 0;
+    if (local_exec_sql(w->local, "PRAGMA schema_version", &e) != 0) {
+        (void)local_exec_sql(w->local, "ROLLBACK", &e);
+        return 0;
+    }
+    w->held = 1;
+    w->held_applied = applied;
+    w->held_pos = link_applying(w->sh->link);
+    ev_prepare_start(w->loop, &w->release);
+    return w->held_pos;
+}
+
 int pipeline_worker_new(struct proxy_shared *sh, struct ev_loop *loop, struct loopq *q,
                         struct pipeline_worker **out)
 {
@@ -100,6 +143,7 @@ int pipeline_worker_new(struct proxy_shared *sh, struct ev_loop *loop, struct lo
     w->sh = sh;
     w->loop = loop;
     w->q = q;
+    ev_prepare_init(&w->release, release_cb);
     if (pipeline_open_local(sh->conf, &w->local) != 0) {
         free(w);
         return -1;
@@ -117,6 +161,7 @@ void pipeline_worker_free(struct pipeline_worker *w)
 {
     if (!w)
         return;
+    pipeline_worker_release(w);
     local_close(w->local);
     free(w);
 }
@@ -789,6 +834,10 @@ void pipeline_handle(struct pipeline_worker *w, struct http_request *req, int ve
     job->version = version;
     job->t0 = ev_now(w->loop);
     link_info(w->sh->link, &job->info);
+    /* Classification prepares on w->local: it must see the replica's schema
+     * as of now, not a snapshot shared since the replica moved on. */
+    if (w->held && w->held_applied != link_applied(w->sh->link))
+        pipeline_worker_release(w);
     if (read_headers(job) != 0)
         goto done;
     if (hrana_pipeline_decode(body, len, version, &job->pl, err, sizeof(err)) != 0) {

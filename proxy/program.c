@@ -317,18 +317,33 @@ static void local_step(struct prog *p, size_t k, struct local *conn, int in_ltx)
     p->ran[k] = 1;
 }
 
-static void run_local(struct job *job, struct local *conn, int in_ltx)
+/* shared: conn holds the worker's shared read transaction, which the
+ * program must see as autocommit (is_autocommit conditions). */
+static void run_local(struct job *job, struct local *conn, int in_ltx, int shared)
 {
     struct prog *p = &job->prog;
 
     for (size_t k = 0; k < p->n; k++) {
-        if (!hrana_cond_eval(p->steps[k].cond, p->ran, p->failed, local_autocommit(conn))) {
+        int autocommit = shared || local_autocommit(conn);
+        if (!hrana_cond_eval(p->steps[k].cond, p->ran, p->failed, autocommit)) {
             program_step_skip(p, k);
             continue;
         }
         local_step(p, k, conn, in_ltx);
     }
     p->done = 1;
+}
+
+/* Whether a step begins, ends or nests a transaction. */
+static int has_tx_control(const struct prog *p)
+{
+    for (size_t k = 0; k < p->n; k++) {
+        enum local_kind kind = p->steps[k].kind;
+        if (program_is_begin(kind) || kind == LOCAL_COMMIT || kind == LOCAL_ROLLBACK ||
+            kind == LOCAL_SAVEPOINT)
+            return 1;
+    }
+    return 0;
 }
 
 /* The program runs on the replica, after the position check. */
@@ -349,7 +364,7 @@ void program_run_local(struct job *job)
         }
     }
     if (st->ltx) {
-        run_local(job, st->ltx, 1);
+        run_local(job, st->ltx, 1, 0);
         if (local_autocommit(st->ltx)) { /* COMMIT or ROLLBACK ended it */
             local_close(st->ltx);
             st->ltx = NULL;
@@ -361,7 +376,14 @@ void program_run_local(struct job *job)
         }
         return;
     }
-    run_local(job, job->w->local, 0);
+    uint64_t pos = has_tx_control(p) ? 0 : pipeline_worker_snapshot(job->w);
+    if (pos) {
+        run_local(job, job->w->local, 0, 1);
+        job->reflect = job_max(job->reflect, pos);
+        return;
+    }
+    pipeline_worker_release(job->w);
+    run_local(job, job->w->local, 0, 0);
     if (!local_autocommit(job->w->local)) {
         /* conditions left a transaction open that routing did not foresee */
         (void)local_exec_sql(job->w->local, "ROLLBACK", &e);

@@ -35,7 +35,9 @@ static Boomerang__V1__ExecuteRequest *exreq_new(struct job *job, Boomerang__V1__
 
 static void exreq_add(struct job *job, Boomerang__V1__ExecuteRequest *r, const struct pstep *s)
 {
-    if (s->kind == LOCAL_WRITE || s->kind == LOCAL_UNPREPARED)
+    /* A statement that did not prepare here counts as a write only if it
+     * commits something (note_response sees its txid). */
+    if (s->kind == LOCAL_WRITE)
         job->did_write = 1;
     r->statements = xrealloc(r->statements, (r->n_statements + 1) * sizeof(*r->statements));
     r->statements[r->n_statements++] = forward_stmt(s->sql, s->stmt);

@@ -192,8 +192,17 @@ static int b64url_decode(const char *s, uint8_t *out, size_t n)
 void token_format(const struct token_key *k, const struct token *t, char *out)
 {
     uint8_t mac[TOKEN_MAC_LEN];
-    int n = snprintf(out, TOKEN_MAX_LEN, "b1.%s.%llu.%llu", t->database_id,
-                     (unsigned long long)t->epoch, (unsigned long long)t->txid);
+    size_t id_len = strnlen(t->database_id, sizeof(t->database_id) - 1);
+    int n = 3;
+
+    memcpy(out, "b1.", 3);
+    memcpy(out + n, t->database_id, id_len);
+    n += (int)id_len;
+    out[n++] = '.';
+    n += (int)util_fmt_u64(out + n, t->epoch);
+    out[n++] = '.';
+    n += (int)util_fmt_u64(out + n, t->txid);
+    out[n] = '\0';
 
     /* database_id is at most 32 characters, so the static_assert above holds. */
     assert(n > 0 && n < TOKEN_MAX_LEN - 1 - TOKEN_MAC_B64_LEN);
