@@ -95,12 +95,14 @@
 #include "common/pagesum.h"
 
 #define APPLY_CHECKPOINT_PAGES 1000
-#define APPLY_BUSY_TIMEOUT_MS  1000        /* only another writer (never expected) waits */
-#define APPLY_MAX_PAGES        4294967294u /* SQLite's largest page number */
-#define APPLY_SCHEMA           "replica"   /* the replica's name on the applier */
-#define APPLY_COOKIE_OFF       40          /* the schema cookie, on page 1 */
-#define POS_SLOT               512         /* bytes in each of the two slots */
-#define POS_SUM_LEN            21          /* "sum " + 16 hex digits + "\n" */
+#define APPLY_BUSY_TIMEOUT_MS                                                                      \
+    100                              /* only another writer (never expected) waits: the loop       \
+                                       thread must not stall (the sidecar's waits run on it) */
+#define APPLY_MAX_PAGES  4294967294u /* SQLite's largest page number */
+#define APPLY_SCHEMA     "replica"   /* the replica's name on the applier */
+#define APPLY_COOKIE_OFF 40          /* the schema cookie, on page 1 */
+#define POS_SLOT         512         /* bytes in each of the two slots */
+#define POS_SUM_LEN      21          /* "sum " + 16 hex digits + "\n" */
 
 enum apply_state { APPLY_IDLE, APPLY_TXN, APPLY_SNAPSHOT };
 
