@@ -55,11 +55,13 @@ UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/unit/%)
 TOOLS_SRC := $(wildcard tests/tools/*.c)
 TOOLS_BIN := $(TOOLS_SRC:tests/tools/%.c=$(BIN)/%)
+LOAD_SRC  := $(wildcard tests/load/*.c)
+LOAD_OBJ  := $(LOAD_SRC:%.c=$(BUILD)/obj/%.o)
 BINARIES  := $(BIN)/boomerang-primary $(if $(wildcard replica/main.c),$(BIN)/boomerang-replica) \
 	$(if $(wildcard proxy/main.c),$(BIN)/boomerang-proxy) $(BIN)/boomerang-bench-primary \
-	$(TOOLS_BIN)
+	$(if $(LOAD_SRC),$(BIN)/boomerang-bench) $(TOOLS_BIN)
 
-.PHONY: all demo deps test unit itest asan ubsan valgrind fuzz proto format format-check bench clean
+.PHONY: all demo deps test unit itest asan ubsan valgrind fuzz proto format format-check bench test-regions clean
 .DEFAULT_GOAL := all
 .DELETE_ON_ERROR:
 
@@ -99,6 +101,10 @@ $(BIN)/boomerang-proxy: $(BUILD)/obj/proxy/main.o $(LIB_OBJ) $(SQLITE_OBJ)
 	$(CC) $(SAN) -o $@ $^ $(LDLIBS)
 
 $(BIN)/boomerang-bench-primary: $(BUILD)/obj/tests/bench/bench_primary.o $(LIB_OBJ) $(SQLITE_OBJ)
+	@mkdir -p $(BIN)
+	$(CC) $(SAN) -o $@ $^ $(LDLIBS)
+
+$(BIN)/boomerang-bench: $(LOAD_OBJ) $(LIB_OBJ) $(SQLITE_OBJ)
 	@mkdir -p $(BIN)
 	$(CC) $(SAN) -o $@ $^ $(LDLIBS)
 
@@ -145,6 +151,11 @@ ubsan:
 
 valgrind: all $(UNIT_BIN)
 	@tests/run-unit.sh --valgrind $(UNIT_BIN)
+
+# Three regions (network namespaces, or loopback without root) with 40 and 80 ms
+# relays, under load: write-ack, visibility lag, a partition, a sidecar restart.
+test-regions: all
+	BOOMERANG_BIN=$(abspath $(BIN)) timeout 900 tests/regions/run.sh
 
 # --- fuzzing (clang + libFuzzer) ---------------------------------------------
 
