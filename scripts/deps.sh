@@ -5,17 +5,23 @@
 # both call it.
 #
 #   scripts/deps.sh build   compiler toolchain and libraries
-#   scripts/deps.sh test    build + test tools (python grpcio, openssl CLI) + npm ci
+#   scripts/deps.sh test    build + test tools (python grpcio, openssl CLI, iproute2 for the
+#                           region test's namespaces, docker-compose to validate
+#                           docker/compose.yaml) + npm ci
 #   scripts/deps.sh bench   test + nginx and wrk
 #   scripts/deps.sh dev     test + clang/libFuzzer, clang-format, valgrind
+#   scripts/deps.sh docker  build + Debian's docker-compose (1.29), which
+#                           tests/integration/docker.test.js uses to validate
+#                           docker/compose.yaml (no Docker engine needed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 build_pkgs="gcc make pkg-config libev-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler
   libssl-dev libjansson-dev libhttp-parser-dev libxxhash-dev"
-test_pkgs="openssl python3 python3-grpcio python3-grpc-tools procps"
+test_pkgs="openssl python3 python3-grpcio python3-grpc-tools procps iproute2 docker-compose"
 bench_pkgs="nginx-light wrk"
 dev_pkgs="clang libclang-rt-14-dev clang-format valgrind"
+docker_pkgs="docker-compose"
 
 want=$build_pkgs
 case "${1:-build}" in
@@ -23,7 +29,8 @@ build) ;;
 test) want="$want $test_pkgs" ;;
 bench) want="$want $test_pkgs $bench_pkgs" ;;
 dev) want="$want $test_pkgs $dev_pkgs" ;;
-*) echo "usage: $0 build|test|bench|dev" >&2; exit 2 ;;
+docker) want="$want $docker_pkgs" ;;
+*) echo "usage: $0 build|test|bench|dev|docker" >&2; exit 2 ;;
 esac
 
 missing=""
