@@ -184,6 +184,11 @@ itest(`read-your-writes across two sidecars with the token: ${RYW2_N} rounds, ze
     const cB = createClient({ url: B.url, fetch: sessionFetch(state) });
     clients.push(cA, cB);
     await cA.execute('CREATE TABLE ryw2 (id INTEGER PRIMARY KEY, v TEXT NOT NULL)');
+    // B must have the table before the rounds: a statement that does not
+    // prepare on a replica goes to the primary (README "Routing"), and the
+    // rounds count B's forwarded reads.
+    const created = await appliedTxid(A);
+    await waitFor(async () => (await appliedTxid(B)) >= created, { timeoutMs: 10000, what: 'B to have the table' });
     let misses = 0;
     let controlMisses = 0;
     const missed = [];
