@@ -169,4 +169,11 @@ if [ "${BENCH_PROXY:-1}" = 1 ]; then
     echo
     timeout 3600 "$root/tests/bench/proxy.sh" || failed=1
 fi
+
+# Regions (issue 5): write-ack and visibility lag at 0..80 ms one way, on the
+# region test's topology (its own driver; BENCH_REGIONS=0 skips it).
+if [ "${BENCH_REGIONS:-1}" = 1 ]; then
+    echo
+    timeout 3600 "$root/tests/bench/regions.sh" || failed=1
+fi
 exit $failed
