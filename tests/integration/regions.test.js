@@ -1,8 +1,9 @@
 // The fast subset of the region test (tests/regions/, `make test-regions`):
 // the same topology and checks on loopback (no namespaces, no root needed),
 // with shorter runs: the primary, a direct sidecar D, sidecars A and B behind
-// relays of 40 and 80 ms one way; steady load (write-ack at RTT + commit,
-// visibility lag at the delay difference, no RYW violation), a 4 s partition
+// relays of 40 and 80 ms one way; steady load (no RYW violation; write-ack at
+// RTT + commit and visibility lag at the delay difference are reported, and
+// enforced by `make test-regions`: speed is not asserted in `make test`), a 4 s partition
 // of B (503 REPLICA_BEHIND for reads with newer tokens, PROXY_ERROR for writes,
 // catch-up after the heal), and sidecar A killed and restarted under load.
 // The load comes from bin/boomerang-bench when built, else tests/regions/loadgen.mjs.
@@ -29,5 +30,8 @@ itest('regions (loopback): steady load, partition of B, restart of A', { timeout
     await scenarioRestart(topo, c, { duration: 10, rate: 60, atMs: 3000 });
     await stopAll();
     for (const line of c.table().split('\n')) t.diagnostic(line);
-    assert.deepEqual(c.failed.map((r) => `${r.scenario}: ${r.what}: ${r.value} (bound ${r.bound})`), []);
+    // Latency bounds are reported above and enforced by `make test-regions`;
+    // here, on a shared machine and under sanitizers, only the behaviour is.
+    for (const r of c.failed.filter((x) => x.timing)) t.diagnostic(`latency bound missed (not asserted here): ${r.scenario}: ${r.what}: ${r.value} (bound ${r.bound})`);
+    assert.deepEqual(c.failedBehaviour.map((r) => `${r.scenario}: ${r.what}: ${r.value} (bound ${r.bound})`), []);
 });

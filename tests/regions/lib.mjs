@@ -434,14 +434,25 @@ export class Checks {
         this.rows = [];
     }
 
-    /** Record one check: value and bound are display strings. */
-    add(scenario, what, ok, value, bound) {
-        this.rows.push({ scenario, what, ok: !!ok, value: String(value), bound: String(bound) });
+    /**
+     * Record one check: value and bound are display strings. { timing: true }
+     * marks a latency bound (write-ack near RTT + commit, the visibility tail,
+     * the wait budget's duration): `make test-regions` enforces those; the quick
+     * subset in `make test` reports them but asserts only the behaviour, since
+     * speed belongs to benchmarks, not to timed assertions in the test suite.
+     */
+    add(scenario, what, ok, value, bound, { timing = false } = {}) {
+        this.rows.push({ scenario, what, ok: !!ok, value: String(value), bound: String(bound), timing });
         return ok;
     }
 
     get failed() {
         return this.rows.filter((r) => !r.ok);
+    }
+
+    /** Failed checks that are not latency bounds. */
+    get failedBehaviour() {
+        return this.rows.filter((r) => !r.ok && !r.timing);
     }
 
     table() {
@@ -499,7 +510,7 @@ export async function scenarioSteady(topo, c, { duration = 15, rate = 100 } = {}
         const row = { region: s.name, one_way_delay_ms: s.delay };
         if (s.name !== 'D') {
             const expect = 2 * s.delay * 1000 + commit;
-            c.add(sc, `write-ack p50 ${s.name} ≈ 2×${s.delay}ms + commit`, wa && Math.abs(wa.p50_us - expect) <= 0.1 * expect, ms(wa?.p50_us), `${ms(expect)} ±10%`);
+            c.add(sc, `write-ack p50 ${s.name} ≈ 2×${s.delay}ms + commit`, wa && Math.abs(wa.p50_us - expect) <= 0.1 * expect, ms(wa?.p50_us), `${ms(expect)} ±10%`, { timing: true });
         }
         row.write_ack_p50_ms = wa ? wa.p50_us / 1000 : null;
         row.write_ack_p99_ms = wa ? wa.p99_us / 1000 : null;
@@ -518,7 +529,7 @@ export async function scenarioSteady(topo, c, { duration = 15, rate = 100 } = {}
             const v = visPair(r, w.url, rd.url, wi);
             const diff = Math.max(0, rd.delay - w.delay);
             const bound = (diff + VIS_SLACK_MS) * 1000;
-            c.add(sc, `visibility p99 ${w.name}→${rd.name} ≤ max(0,${rd.delay}-${w.delay})+${VIS_SLACK_MS}ms`, v && v.count > 0 && v.p99_us <= bound, v ? `${ms(v.p99_us)} (n=${v.count})` : 'not in report', ms(bound));
+            c.add(sc, `visibility p99 ${w.name}→${rd.name} ≤ max(0,${rd.delay}-${w.delay})+${VIS_SLACK_MS}ms`, v && v.count > 0 && v.p99_us <= bound, v ? `${ms(v.p99_us)} (n=${v.count})` : 'not in report', ms(bound), { timing: true });
             if (v && diff > 0) c.add(sc, `visibility p50 ${w.name}→${rd.name} ≥ ${diff}-5ms (delay is real)`, v.p50_us >= (diff - 5) * 1000, ms(v.p50_us), `≥ ${diff - 5} ms`);
             if (v) fig.visibility_pairs.push({ from: w.name, to: rd.name, expected_ms: diff, count: v.count, p50_ms: v.p50_us / 1000, p99_ms: v.p99_us / 1000, max_ms: v.max_us / 1000 });
             if (v && w.name === 'D') Object.assign(fig.regions.find((x) => x.region === rd.name), { visibility_from_primary_region: { p50_ms: v.p50_us / 1000, p99_ms: v.p99_us / 1000, max_ms: v.max_us / 1000, count: v.count } });
@@ -573,7 +584,7 @@ export async function scenarioPartition(topo, c, { duration = 25, rate = 100, at
     if (probes.read) {
         const pr = probes.read;
         c.add(sc, 'B read with a newer token during the cut', pr.status === 503 && pr.code === 'REPLICA_BEHIND' && Number(pr.retry_after) >= 1, `${pr.status} ${pr.code}`, '503 REPLICA_BEHIND');
-        c.add(sc, 'B REPLICA_BEHIND after the wait budget', pr.ms >= 1900 && pr.ms <= 3000, `${pr.ms} ms`, '2000 ms (1900..3000)');
+        c.add(sc, 'B REPLICA_BEHIND after the wait budget', pr.ms >= 1900 && pr.ms <= 3000, `${pr.ms} ms`, '2000 ms (1900..3000)', { timing: true });
         fig.token_read_during_cut = pr;
     }
     if (probes.writeP) {
