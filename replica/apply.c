@@ -94,7 +94,7 @@
 #include "common/log.h"
 #include "common/pagesum.h"
 
-#define APPLY_CHECKPOINT_PAGES 1000
+#define APPLY_CHECKPOINT_PAGES 4000
 #define APPLY_BUSY_TIMEOUT_MS                                                                      \
     100                              /* only another writer (never expected) waits: the loop       \
                                        thread must not stall (the sidecar's waits run on it) */

@@ -65,7 +65,7 @@ static const struct opt opts[] = {
     {"listen", "BOOMERANG_LISTEN", OPT_STRING, &conf.listen, "HOST:PORT",
      "serve GET /health, /v1/status (JSON) and /metrics over HTTP/1.1 here"},
     {"checkpoint-pages", "BOOMERANG_CHECKPOINT_PAGES", OPT_INT, &conf.checkpoint_pages, "N",
-     "passive checkpoint of the replica past N WAL pages (default 1000)"},
+     "passive checkpoint of the replica past N WAL pages (default 4000)"},
     {"max-message-mb", "BOOMERANG_MAX_MESSAGE_MB", OPT_INT, &conf.max_message_mb, "N",
      "largest replication event accepted, MiB (default 64)"},
     {"log-level", "BOOMERANG_LOG_LEVEL", OPT_STRING, &conf.log_level, "LEVEL",

@@ -70,7 +70,7 @@ static const struct opt opts[] = {
     {"idle-exit-ms", "BENCH_REPLICA_IDLE_EXIT_MS", OPT_INT, &conf.idle_exit_ms, "MS",
      "live: stop once no transaction came for MS ms, after the first (default 1000)"},
     {"checkpoint-pages", "BENCH_REPLICA_CHECKPOINT_PAGES", OPT_INT, &conf.checkpoint_pages, "N",
-     "passive checkpoint past N WAL pages (default: apply's, 1000)"},
+     "passive checkpoint past N WAL pages (default: apply's, 4000)"},
     {"max-message-mb", "BENCH_REPLICA_MAX_MESSAGE_MB", OPT_INT, &conf.max_message_mb, "N",
      "largest replication event, MiB (default 256)"},
     {"json", "BENCH_REPLICA_JSON", OPT_FLAG, &conf.json, NULL, "print one JSON line"},
