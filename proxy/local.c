@@ -53,8 +53,8 @@ struct entry {
     size_t len;
     sqlite3_stmt *stmt; /* NULL: the text holds no statement */
     enum local_kind kind;
-    int many; /* something follows the first statement */
-    char sql[];
+    int many;  /* something follows the first statement */
+    char *sql; /* the text, stored right after the entry (one allocation) */
 };
 
 struct local {
@@ -379,6 +379,7 @@ static int stmt_get(struct local *l, const char *sql, struct entry **out, struct
         return 0;
     }
     e = xmalloc(sizeof(*e) + len + 1);
+    e->sql = (char *)(e + 1);
     memcpy(e->sql, sql, len + 1);
     e->hash = hash;
     e->len = len;
