@@ -30,9 +30,9 @@ void forward_stmt_free(Boomerang__V1__Statement *s);
 
 /* Outcome of forward_result. */
 enum forward_outcome {
-    FORWARD_OK = 0,       /* StmtResult JSON appended to out */
-    FORWARD_ERROR = -1,   /* *err filled */
-    FORWARD_SKIPPED = 1,  /* the primary did not run it */
+    FORWARD_OK = 0,      /* StmtResult JSON appended to out */
+    FORWARD_ERROR = -1,  /* *err filled */
+    FORWARD_SKIPPED = 1, /* the primary did not run it */
 };
 
 /* Append the Hrana StmtResult JSON for r (rows only if want_rows), or fill

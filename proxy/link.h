@@ -47,27 +47,26 @@ struct link_config {
     const char *database;     /* database name on the primary, or NULL */
     const char *replica_path; /* the replica file (apply_open) */
     uint32_t checkpoint_pages;
-    size_t max_message;       /* largest gRPC message accepted; 0 = 64 MiB */
+    size_t max_message; /* largest gRPC message accepted; 0 = 64 MiB */
 };
 
 /* The link's state, a consistent copy (see link_info). */
 struct link_info {
-    const char *state;        /* follow_state_name(): "LIVE", "CATCHING_UP", ... */
-    const char *connection;   /* h2client_state_name(): "CONNECTED", ... */
-    char database_id[33];     /* the replica's ("" before its first snapshot) */
+    const char *state;      /* follow_state_name(): "LIVE", "CATCHING_UP", ... */
+    const char *connection; /* h2client_state_name(): "CONNECTED", ... */
+    char database_id[33];   /* the replica's ("" before its first snapshot) */
     uint64_t epoch;
     uint64_t applied_txid;
-    uint64_t primary_txid;    /* last known head */
+    uint64_t primary_txid; /* last known head */
     uint64_t lag_txids;
-    int64_t lag_ms;           /* follow_status's lag_ms: -1 unknown */
-    int caught_up_once;       /* 1 once LIVE at least once since start */
-    uint64_t conn_gen;        /* bumped when the HTTP/2 connection is replaced */
+    int64_t lag_ms;     /* follow_status's lag_ms: -1 unknown */
+    int caught_up_once; /* 1 once LIVE at least once since start */
+    uint64_t conn_gen;  /* bumped when the HTTP/2 connection is replaced */
 };
 
 /* Open the replica (apply_open), connect to the primary and start following,
  * on loop (the link thread's loop). Returns 0 and *out, or -1 (logged). */
-int MUST_CHECK link_start(struct ev_loop *loop, const struct link_config *cfg,
-                          struct link **out);
+int MUST_CHECK link_start(struct ev_loop *loop, const struct link_config *cfg, struct link **out);
 
 /* Stop following, cancel calls in flight (their callbacks run, with
  * GRPC_CANCELLED, posted as usual), close the replica, free. NULL: no-op. */

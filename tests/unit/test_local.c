@@ -420,8 +420,10 @@ TEST(test_execute_args)
     st.n_args = 2;
     j = run(l, &st, &err);
     REQUIRE(j);
-    CHECK(strstr(j, "[[{\"type\":\"integer\",\"value\":\"7\"},{\"type\":\"text\",\"value\":\"x\"}]]") !=
-          NULL);
+    CHECK(
+        strstr(j,
+               "[[{\"type\":\"integer\",\"value\":\"7\"},{\"type\":\"text\",\"value\":\"x\"}]]") !=
+        NULL);
     CHECK(local_check_args(l, "SELECT ?1, ?2", &st, &err) == 0);
     /* the bindings were cleared: the same statement without args fails */
     st.n_args = 0;
