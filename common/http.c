@@ -2045,11 +2045,23 @@ void http_respond(struct http_request *r, int status, const char *content_type, 
         conn_schedule(c);
 }
 
-void http_respond_error(struct http_request *r, int status, const char *message)
+void http_respond_error_code(struct http_request *r, int status, const char *code,
+                             const char *message, const struct http_header *extra, size_t nextra)
 {
     struct buf body = {0};
 
     http_error_body(&body, message);
-    http_respond(r, status, "application/json", body.data, body.len, NULL, 0);
+    if (code) {
+        body.len--; /* the closing brace */
+        buf_append(&body, ",\"code\":", 8);
+        http_json_string(&body, code, strlen(code));
+        buf_append(&body, "}", 1);
+    }
+    http_respond(r, status, "application/json", body.data, body.len, extra, nextra);
     buf_free(&body);
+}
+
+void http_respond_error(struct http_request *r, int status, const char *message)
+{
+    http_respond_error_code(r, status, NULL, message, NULL, 0);
 }

@@ -266,6 +266,13 @@ void http_respond(struct http_request *r, int status, const char *content_type, 
  * (message is JSON-escaped; invalid UTF-8 becomes U+FFFD). Ends r. */
 void http_respond_error(struct http_request *r, int status, const char *message);
 
+/* The same with a machine-readable code: {"message":"...","code":"..."}
+ * (code NULL: none), plus extra headers as in http_respond(). Hrana clients
+ * show the code only with content-type exactly `application/json`, which
+ * this sends. Ends r. */
+void http_respond_error_code(struct http_request *r, int status, const char *code,
+                             const char *message, const struct http_header *extra, size_t nextra);
+
 /* Append s as a JSON string literal (quotes included) to out, escaping
  * quotes, backslashes and control characters, and replacing invalid UTF-8
  * with U+FFFD. For building JSON bodies. */

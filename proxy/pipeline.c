@@ -183,17 +183,13 @@ static void respond_error(struct http_request *req, int status, const char *code
 static void respond_error(struct http_request *req, int status, const char *code, const char *fmt,
                           ...)
 {
-    struct hrana_error e = {0};
-    struct buf body = {0};
+    char message[512];
     va_list ap;
 
-    snprintf(e.code, sizeof(e.code), "%s", code);
     va_start(ap, fmt);
-    vsnprintf(e.message, sizeof(e.message), fmt, ap);
+    vsnprintf(message, sizeof(message), fmt, ap);
     va_end(ap);
-    hrana_json_error(&body, &e);
-    http_respond(req, status, "application/json", buf_head(&body), buf_avail(&body), NULL, 0);
-    buf_free(&body);
+    http_respond_error_code(req, status, code, message, NULL, 0);
 }
 
 /* ---- headers -------------------------------------------------------------------- */

@@ -77,20 +77,6 @@ static void __attribute__((format(printf, 2, 3))) bprintf(struct buf *b, const c
     b->len += (size_t)n;
 }
 
-/* {"message":..,"code":..} with content-type exactly application/json, as
- * @libsql/client requires to surface the code (research/hrana.md §1.10). */
-static void respond_json_error(struct http_request *req, int status, const char *message,
-                               const char *code, const struct http_header *extra, size_t nextra)
-{
-    struct buf b = {0};
-
-    buf_append(&b, "{\"message\":", 11);
-    http_json_string(&b, message, strlen(message));
-    bprintf(&b, ",\"code\":\"%s\"}", code);
-    http_respond(req, status, "application/json", buf_head(&b), buf_avail(&b), extra, nextra);
-    buf_free(&b);
-}
-
 static void respond_json(struct http_request *req, int status, struct buf *b)
 {
     http_respond(req, status, "application/json", buf_head(b), buf_avail(b), NULL, 0);
@@ -263,8 +249,8 @@ static void app_request_cb(void *arg, struct http_request *req)
 
     if (!authorized(t, req, method, path)) {
         static const struct http_header www = {"WWW-Authenticate", "Bearer"};
-        respond_json_error(req, 401, "missing or invalid Authorization: Bearer token",
-                           "UNAUTHORIZED", &www, 1);
+        http_respond_error_code(req, 401, "UNAUTHORIZED",
+                                "missing or invalid Authorization: Bearer token", &www, 1);
         return;
     }
     for (size_t i = 0; i < ARRAY_LEN(routes); i++) {
@@ -274,7 +260,8 @@ static void app_request_cb(void *arg, struct http_request *req)
             routes[i].fn(t, req);
         } else {
             struct http_header allow = {"Allow", routes[i].method[0] == 'G' ? "GET, HEAD" : "POST"};
-            respond_json_error(req, 405, "method not allowed", "METHOD_NOT_ALLOWED", &allow, 1);
+            http_respond_error_code(req, 405, "METHOD_NOT_ALLOWED", "method not allowed", &allow,
+                                    1);
         }
         return;
     }
