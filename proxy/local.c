@@ -852,38 +852,37 @@ static char **spans_pack(const struct span *sp, size_t n)
     return arr;
 }
 
-int local_split(struct local *l, const char *sql, char ***out, size_t *n, int *unprepared,
-                struct hrana_error *err)
+size_t local_split_sql(const char *sql, char ***out)
 {
     struct span *sp = NULL;
     size_t count = 0;
+    char *scratch = xmalloc(strlen(sql) + 1);
     const char *p = skip_space(sql, 1);
 
-    (void)err; /* a statement that fails to prepare ends the split; nothing else fails */
-    *unprepared = 0;
     while (*p) {
-        sqlite3_stmt *s = NULL;
-        const char *tail = NULL;
-        int rc = sqlite3_prepare_v3(l->db, p, -1, 0, &s, &tail);
-        const char *end = rc == SQLITE_OK ? tail : p + strlen(p);
-
-        if (rc == SQLITE_OK && !s) /* only comments SQLite skips and we did not */
-            break;
-        sqlite3_finalize(s);
-        while (end > p && is_sql_space(end[-1]))
-            end--;
-        sp = xrealloc(sp, (count + 1) * sizeof(*sp));
-        sp[count++] = (struct span){p, (size_t)(end - p)};
-        if (rc != SQLITE_OK) {
-            *unprepared = 1;
-            break;
+        const char *end = p + strlen(p);
+        /* the first ';' that completes a statement (sqlite3_complete knows
+         * strings, comments and trigger bodies) */
+        for (const char *q = strchr(p, ';'); q; q = strchr(q + 1, ';')) {
+            size_t n = (size_t)(q - p) + 1;
+            memcpy(scratch, p, n);
+            scratch[n] = '\0';
+            if (sqlite3_complete(scratch)) {
+                end = q + 1;
+                break;
+            }
         }
-        p = skip_space(tail, 1);
+        const char *e = end;
+        while (e > p && is_sql_space(e[-1]))
+            e--;
+        sp = xrealloc(sp, (count + 1) * sizeof(*sp));
+        sp[count++] = (struct span){p, (size_t)(e - p)};
+        p = skip_space(end, 1);
     }
     *out = spans_pack(sp, count);
-    *n = count;
     free(sp);
-    return 0;
+    free(scratch);
+    return count;
 }
 
 int local_autocommit(const struct local *l)

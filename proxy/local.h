@@ -108,14 +108,13 @@ int local_exec_sql(struct local *l, const char *sql, struct hrana_error *err);
 int local_describe(struct local *l, const char *sql, struct buf *out, struct hrana_error *err);
 
 /* Split a multi-statement text into its statements (for Hrana `sequence`),
- * by preparing each in turn on the replica. *out is an array of *n
- * NUL-terminated strings, one malloc block the caller frees with free().
- * A statement that does not prepare here ends the split: its text and all
- * after it come back as one last element with *unprepared = 1 (the caller
- * then sends the rest to the primary). Returns 0, or -1 + *err on OOM-like
- * failures. */
-int local_split(struct local *l, const char *sql, char ***out, size_t *n, int *unprepared,
-                struct hrana_error *err);
+ * at the semicolons that end one (sqlite3_complete: strings, comments and
+ * trigger bodies are respected); white space, comments and empty statements
+ * between them are dropped, and the last statement needs no semicolon. Needs
+ * no connection: statements the replica could not prepare are split too.
+ * *out is an array of the statements (NULL-terminated), one malloc block the
+ * caller frees with free(). Returns how many. */
+size_t local_split_sql(const char *sql, char ***out);
 
 /* Whether the connection is in autocommit mode (no transaction open). */
 int local_autocommit(const struct local *l);

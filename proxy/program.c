@@ -72,50 +72,6 @@ static void prog_alloc(struct prog *p, enum hrana_req_type type, size_t n)
     p->failed = xcalloc(n ? n : 1, 1);
 }
 
-/* Split a sequence's text into statements with sqlite3_complete, which
- * knows SQL's strings, comments and trigger bodies. */
-static size_t split_sql(const char *sql, char ***out)
-{
-    size_t len = strlen(sql), n = 0, cap = 8, start = 0;
-    char *copy = xmalloc(len + 1), **v = xmalloc(cap * sizeof(*v));
-
-    memcpy(copy, sql, len + 1);
-    for (size_t i = 0; i <= len; i++) {
-        if (i < len && copy[i] != ';')
-            continue;
-        char save = i < len ? copy[i + 1] : '\0';
-        if (i < len)
-            copy[i + 1] = '\0';
-        int complete = i == len || sqlite3_complete(copy + start);
-        if (i < len)
-            copy[i + 1] = save;
-        if (!complete)
-            continue;
-        const char *p = copy + start;
-        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == ';')
-            p++;
-        if (*p) {
-            if (n == cap)
-                v = xrealloc(v, (cap *= 2) * sizeof(*v));
-            v[n++] = copy + start;
-        }
-        start = i + 1;
-    }
-    /* terminate each statement in place: the byte after its ';' */
-    for (size_t k = 0; k + 1 < n; k++)
-        v[k + 1][-1] = '\0';
-    char **block = xmalloc((n + 1) * sizeof(char *) + len + 1);
-    char *text = (char *)(block + n + 1);
-    memcpy(text, copy, len + 1);
-    for (size_t k = 0; k < n; k++)
-        block[k] = text + (v[k] - copy);
-    block[n] = NULL;
-    free(v);
-    free(copy);
-    *out = block;
-    return n;
-}
-
 static void classify(struct job *job, struct pstep *s)
 {
     struct hrana_error e;
@@ -146,7 +102,7 @@ void program_build(struct job *job, const struct hrana_req *r)
         }
     } else {
         char **v;
-        size_t n = split_sql(r->sql ? r->sql : stream_sql(job->st, r->sql_id), &v);
+        size_t n = local_split_sql(r->sql ? r->sql : stream_sql(job->st, r->sql_id), &v);
         prog_alloc(p, r->type, n);
         p->split = v;
         p->chain = xcalloc(n ? n : 1, sizeof(*p->chain));
